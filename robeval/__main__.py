@@ -1,0 +1,7 @@
+"""`python -m robeval` runs the command line."""
+
+import sys
+
+from robeval.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""Command line: parse, call one library function, print. No logic of its own."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from robeval.errors import RobevalError
+
+# (option, config section or None for top level, field, type, help)
+TRAIN_OPTIONS = [
+    ("--dataset", "data", "dataset", str, "digits (embedded), cifar10, cifar100, imagenet"),
+    ("--data-dir", "data", "data_dir", str, "folder with the official dataset files"),
+    ("--train-subset", "data", "train_subset", int, "use only the first N training images"),
+    ("--test-subset", "data", "test_subset", int, "use only the first N test images"),
+    ("--val-size", "data", "val_size", int, "images carved from the training set for validation"),
+    ("--split-seed", "data", "split_seed", int, "seed of the train/validation split"),
+    ("--augment/--no-augment", "data", "augment", None, "random crop and flip"),
+    ("--model", "model", "arch", str, "cnn-small, preact-resnet18, resnet18, wrn-D-W, resnet50, ..."),
+    ("--activation", "model", "activation", str, "relu, softplus, silu, gelu, elu(alpha=2), ..."),
+    ("--smooth-grad", "model", "smooth_grad", str,
+     "ReLU nets: smooth backward for none|attacker|optimizer|both (SAT Table 1)"),
+    ("--method", "adversary", "method", str, "standard, fgsm, pgd, trades, igr"),
+    ("--norm", "adversary", "norm", str, "linf or l2"),
+    ("--eps", "adversary", "eps", str, "radius in [0,1] pixel units, e.g. 8/255"),
+    ("--steps", "adversary", "steps", int, "attack steps (PGD-K, TRADES)"),
+    ("--step-size", "adversary", "step_size", str, "attack step, e.g. 2/255 (default: see docs)"),
+    ("--random-start/--no-random-start", "adversary", "random_start", None, "uniform start in the ball"),
+    ("--bn-mode", "adversary", "bn_mode", str, "BatchNorm while crafting: eval or train"),
+    ("--eps-warmup-epochs", "adversary", "eps_warmup_epochs", float, "linear ε warm-up"),
+    ("--trades-beta", "adversary", "trades_beta", float, "TRADES β"),
+    ("--igr-lambda", "adversary", "igr_lambda", str, "IGR weight (default ε)"),
+    ("--optimizer", "optim", "optimizer", str, "sgd, adam, adamw"),
+    ("--lr", "optim", "lr", str, "peak learning rate at --base-batch-size"),
+    ("--momentum", "optim", "momentum", float, "SGD momentum"),
+    ("--nesterov/--no-nesterov", "optim", "nesterov", None, "Nesterov momentum"),
+    ("--weight-decay", "optim", "weight_decay", str, "weight decay"),
+    ("--schedule", "optim", "schedule", str, "piecewise, cosine, onecycle, constant"),
+    ("--milestones", "optim", "milestones", str, "piecewise milestones, e.g. 100,105"),
+    ("--gamma", "optim", "gamma", float, "piecewise LR factor"),
+    ("--warmup-epochs", "optim", "warmup_epochs", float, "linear LR warm-up"),
+    ("--batch-size", "optim", "batch_size", int, "images per step"),
+    ("--lr-scaling", "optim", "lr_scaling", str, "none or linear (lr × bs / base bs)"),
+    ("--base-batch-size", "optim", "base_batch_size", int, "batch size the LR refers to"),
+    ("--label-smoothing", "optim", "label_smoothing", float, "on the training loss"),
+    ("--epochs", None, "epochs", int, "training epochs"),
+    ("--seed", None, "seed", int, "seed of the run"),
+    ("--device", None, "device", str, "auto, cuda or cpu"),
+    ("--amp/--no-amp", None, "amp", None, "bf16 mixed precision on CUDA"),
+    ("--val-pgd-steps", None, "val_pgd_steps", int, "validation PGD-K"),
+    ("--early-stop-patience", None, "early_stop_patience", int, "epochs without improvement"),
+]
+
+
+def _dest(option: str) -> str:
+    return option.split("/")[0].lstrip("-").replace("-", "_")
+
+
+def train_options(command):
+    """Add one click option per config field in TRAIN_OPTIONS (all default to "not given")."""
+    for option, _, _, kind, help_text in reversed(TRAIN_OPTIONS):
+        if kind is None:
+            command = click.option(option, _dest(option), default=None, help=help_text)(command)
+        else:
+            command = click.option(option, _dest(option), type=kind, default=None,
+                                   help=help_text)(command)
+    return command
+
+
+def overrides_from(params: dict) -> dict:
+    """Nested config overrides from the options the user gave."""
+    overrides: dict = {}
+    for option, section, field, _, _ in TRAIN_OPTIONS:
+        value = params.get(_dest(option))
+        if value is None:
+            continue
+        target = overrides.setdefault(section, {}) if section else overrides
+        target[field] = value
+    return overrides
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="robeval")
+def cli() -> None:
+    """robeval: train and evaluate adversarially robust image classifiers."""
+
+
+@cli.command()
+@click.option("--preset", default=None, help="start from a preset (see --list)")
+@click.option("--config", "config_file", default=None, help="YAML config (nested sections)")
+@train_options
+@click.option("--out", default=None, help="run folder (default checkpoints/<name>)")
+@click.option("--resume", is_flag=True, help="continue the run in --out where it stopped")
+@click.option("--force", is_flag=True, help="overwrite a different run in --out")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--list", "list_names", is_flag=True, help="list presets, models, activations")
+def train(preset, config_file, out, resume, force, quiet, list_names, **params) -> None:
+    """Smooth adversarial training: write checkpoints, config and history to --out."""
+    from robeval.train import resolve_config
+    from robeval.train import train as run_training
+
+    if list_names:
+        click.echo(known_names())
+        return
+    config = resolve_config(preset, config_file, overrides_from(params))
+    out_dir = Path(out) if out else Path("checkpoints") / default_run_name(config)
+    click.echo(f"training {config.model.arch} ({config.model.activation}) with "
+               f"{config.adversary.method} on {config.data.dataset} → {out_dir}")
+    result = run_training(config, out_dir, resume=resume, force=force, progress=not quiet,
+                          log=click.echo)
+    click.echo(history_table(result.history))
+    click.echo(f"best checkpoint: {out_dir / 'best.pt'} (epoch {result.best_epoch}, "
+               f"val PGD acc {100 * (result.best_val_pgd_acc or 0):.1f}%)")
+
+
+def default_run_name(config) -> str:
+    """checkpoints/<dataset>-<model>-<activation>-<method>-s<seed>."""
+    activation = config.model.activation.split("(")[0]
+    if config.model.smooth_grad != "none":
+        activation += f"-sg-{config.model.smooth_grad}"
+    return (f"{config.data.dataset}-{config.model.arch}-{activation}-"
+            f"{config.adversary.method}-s{config.seed}")
+
+
+def history_table(history: list[dict]) -> str:
+    """The per-epoch history as a fixed-width table."""
+    import pandas as pd
+
+    if not history:
+        return "(no epochs)"
+    columns = ["epoch", "loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
+               "val_pgd_acc", "lr", "time"]
+    frame = pd.DataFrame(history)[columns]
+    for column in ("train_clean_acc", "train_adv_acc", "val_clean_acc", "val_pgd_acc"):
+        frame[column] = frame[column].map(lambda v: "-" if v is None or v != v else f"{100 * v:.1f}")
+    return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+
+def known_names() -> str:
+    """Presets, models, activations and datasets, one line each."""
+    from robeval.activations import ACTIVATIONS
+    from robeval.data import DATASETS
+    from robeval.models import model_names
+    from robeval.train.config import PRESETS
+
+    return "\n".join([f"presets: {', '.join(sorted(PRESETS))}",
+                      f"models: {', '.join(model_names())}",
+                      f"activations: {', '.join(ACTIVATIONS.names())}",
+                      f"datasets: {', '.join(DATASETS.names())}"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
+    try:
+        cli.main(args=argv, prog_name="robeval", standalone_mode=False)
+    except RobevalError as err:
+        click.echo(f"error: {err}", err=True)
+        return 2
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted: finished epochs are saved; rerun with --resume", err=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

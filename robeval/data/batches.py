@@ -1,0 +1,76 @@
+"""Batches on the device: uint8 tensors held there, augmented there in whole batches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+Batch = tuple[Tensor, Tensor]
+
+
+class BatchSource(Protocol):
+    """Anything that yields (images in [0,1], labels) batches on a device."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, seed: int, shuffle: bool = False,
+                drop_last: bool = False) -> Iterator[Batch]: ...
+
+
+def random_crop(images: Tensor, padding: int, generator: torch.Generator) -> Tensor:
+    """Random crops of the zero-padded images, one offset per image, gathered in one op."""
+    n, _, height, width = images.shape
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), generator=generator).to(images.device)
+    rows = offsets[0][:, None] + torch.arange(height, device=images.device)      # (N, H)
+    cols = offsets[1][:, None] + torch.arange(width, device=images.device)       # (N, W)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return cropped.permute(0, 3, 1, 2)
+
+
+def random_flip(images: Tensor, generator: torch.Generator) -> Tensor:
+    """Flip each image horizontally with probability 1/2."""
+    flip = (torch.rand(len(images), generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+class TensorSource:
+    """A split held on the device as uint8; batches are converted to float in [0,1] there.
+
+    All randomness (order, crops, flips) comes from a CPU generator seeded by the caller, so
+    the same seed gives the same batches on any device, which makes resumed training exact.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, device: torch.device | str = "cpu",
+                 augment: bool = False, flip: bool = True, padding: int = 4):
+        self.images = images.to(device)
+        self.labels = labels.to(device)
+        self.augment, self.flip, self.padding = augment, flip, padding
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def batches(self, batch_size: int, seed: int = 0, shuffle: bool = False,
+                drop_last: bool = False) -> Iterator[Batch]:
+        """Batches of (float images in [0,1], labels), shuffled and augmented when asked."""
+        generator = torch.Generator().manual_seed(seed)
+        n = len(self)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.device)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        for start in range(0, stop, batch_size):
+            index = order[start:start + batch_size]
+            images = self.images[index]
+            if self.augment:
+                images = random_crop(images, self.padding, generator)
+                if self.flip:
+                    images = random_flip(images, generator)
+            yield images.float().div_(255), self.labels[index]

@@ -1,0 +1,12 @@
+"""User-facing errors: one line that says what is wrong and how to fix it."""
+
+
+class RobevalError(Exception):
+    """An error caused by the user's input; the CLI prints it as one line, without traceback."""
+
+
+class UnknownNameError(RobevalError, KeyError):
+    """A name that no registry knows (activation, model, dataset, attack, ...)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])

@@ -1,0 +1,107 @@
+"""Model registry. Every model takes inputs in [0,1]; normalisation lives inside the model.
+
+`build_model("wrn-34-10", activation="gelu", num_classes=10, ...)` returns a `NormalizedModel`
+whose `net` is the architecture and whose buffers hold the dataset mean and std.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from robeval.activations import activation_factory
+from robeval.errors import RobevalError
+from robeval.registry import Registry, canonical
+
+ModelBuilder = Callable[..., nn.Module]  # builder(act, num_classes, in_channels) -> nn.Module
+
+MODELS: Registry[ModelBuilder] = Registry("model")
+
+
+class NormalizedModel(nn.Module):
+    """Subtracts the mean and divides by the std, then runs `net`: inputs stay in [0,1]."""
+
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.net = net
+        shape = (1, len(mean), 1, 1)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to build."""
+
+    arch: str = "cnn-small"          # a name from MODELS, e.g. preact-resnet18, wrn-34-10
+    activation: str = "relu"         # a name from ACTIVATIONS, optionally "elu(alpha=0.5)"
+    smooth_grad: str = "none"        # ReLU only: none|attacker|optimizer|both (SAT Table 1)
+
+
+_WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
+
+
+def resolve_arch(arch: str) -> str:
+    """The registered name for `arch`; `wrn-D-W` is accepted for any depth and width."""
+    if _WRN.match(canonical(arch)):
+        return canonical(arch)
+    return MODELS.resolve(arch)
+
+
+def build_model(arch: str, activation: str = "relu", num_classes: int = 10,
+                in_channels: int = 3, mean: Sequence[float] = (0.0, 0.0, 0.0),
+                std: Sequence[float] = (1.0, 1.0, 1.0), smooth_grad: str = "none") -> NormalizedModel:
+    """Build `arch` with `activation` everywhere the architecture has a non-linearity."""
+    act = activation_factory(activation, smooth_grad)
+    name = resolve_arch(arch)
+    wrn = _WRN.match(name)
+    if wrn:
+        from robeval.models.cifar import wide_resnet
+
+        net = wide_resnet(int(wrn.group(1)), int(wrn.group(2)), act, num_classes, in_channels)
+    else:
+        net = MODELS.get(name)(act=act, num_classes=num_classes, in_channels=in_channels)
+    if len(mean) != in_channels:
+        mean, std = list(mean)[:1] * in_channels, list(std)[:1] * in_channels
+    return NormalizedModel(net, mean, std)
+
+
+def model_names() -> list[str]:
+    """Registered model names, plus the generic `wrn-D-W` pattern."""
+    return MODELS.names() + ["wrn-D-W"]
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Load weights, turning key and shape mismatches into a one-line error naming the fix."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    wrong_shape = [k for k in expected if k in state_dict
+                   and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong_shape:
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        if wrong_shape:
+            key = wrong_shape[0]
+            details.append(f"{len(wrong_shape)} with other shapes (e.g. {key}: "
+                           f"{tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)})")
+        raise RobevalError(
+            f"{source} does not match the architecture ({'; '.join(details)}): pass the "
+            "--model/--activation/dataset it was trained with"
+        )
+    model.load_state_dict(state_dict)
+
+
+# Register the architectures (imports register themselves).
+from robeval.models import cifar as _cifar  # noqa: E402,F401
+from robeval.models import imagenet as _imagenet  # noqa: E402,F401

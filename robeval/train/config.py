@@ -1,0 +1,263 @@
+"""Training configuration: frozen dataclasses, presets, YAML files and overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robeval.activations import SMOOTH_GRAD_MODES, canonical_activation
+from robeval.attacks.steps import NORMS
+from robeval.data import DATASETS, DataConfig
+from robeval.errors import RobevalError
+from robeval.models import ModelConfig, resolve_arch
+from robeval.spec import parse_eps, parse_number
+
+METHODS = ("standard", "fgsm", "pgd", "trades", "igr")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("piecewise", "cosine", "onecycle", "constant")
+BN_MODES = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class AdversaryConfig:
+    """How training examples are crafted (the inner maximisation)."""
+
+    method: str = "pgd"              # standard | fgsm | pgd | trades | igr
+    norm: str = "linf"               # linf | l2 (l2 for pgd and trades)
+    eps: float = 8 / 255             # radius of the threat model, [0,1] pixel units
+    steps: int = 1                   # attack steps for pgd and trades (1 = SAT's PGD-1)
+    step_size: float | None = None   # None: ε for 1 step (1.25ε for FGSM with random start), 2.5ε/K else
+    random_start: bool = False       # start from a uniform point in the ε-ball
+    bn_mode: str = "eval"            # BatchNorm while crafting: eval (running stats) | train (batch)
+    eps_warmup_epochs: float = 0     # ε grows linearly from 0 over these epochs
+    trades_beta: float = 6.0         # TRADES weight of the KL term
+    igr_lambda: float | None = None  # IGR weight of ‖∇ₓL‖₁; None: ε (first-order L∞ inner max)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The outer minimisation: optimiser, schedule and regularisers."""
+
+    optimizer: str = "sgd"           # sgd | adam | adamw
+    lr: float = 0.1                  # peak learning rate at base_batch_size
+    momentum: float = 0.9            # sgd momentum
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: str = "piecewise"      # piecewise | cosine | onecycle | constant
+    milestones: tuple[int, ...] = () # piecewise: epochs where the LR is multiplied by gamma
+    gamma: float = 0.1
+    warmup_epochs: float = 0         # linear LR warm-up from 0, in epochs
+    batch_size: int = 128            # images per optimiser step
+    lr_scaling: str = "none"         # none | linear: lr × batch_size / base_batch_size
+    base_batch_size: int = 128
+    label_smoothing: float = 0.0     # on the training loss only, never in the attack
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as config.yaml next to its checkpoints."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"             # auto (cuda when present) | cuda | cpu
+    amp: bool = False                # bf16 autocast on CUDA; ignored on CPU
+    val_pgd_steps: int = 10          # validation attack: PGD-K, step ε/4, random start
+    val_batch_size: int = 256
+    early_stop_patience: int | None = None  # stop after N epochs without a better val PGD acc
+    preset: str | None = None        # the preset this config started from, for the record
+
+    @property
+    def effective_lr(self) -> float:
+        """The peak LR after the batch-size scaling rule."""
+        scale = self.optim.batch_size / self.optim.base_batch_size
+        return self.optim.lr * (scale if self.optim.lr_scaling == "linear" else 1.0)
+
+
+SECTIONS = {"data": DataConfig, "model": ModelConfig, "adversary": AdversaryConfig,
+            "optim": OptimConfig}
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """Plain nested dict (tuples become lists) for YAML, JSON and checkpoints."""
+
+    def plain(value):
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def _coerce(section: type, name: str, value: Any) -> Any:
+    """Turn YAML/CLI values into the field's type (fractions like 8/255 included)."""
+    fields = {f.name: f for f in dataclasses.fields(section)}
+    if name not in fields:
+        known = ", ".join(fields)
+        raise RobevalError(f"unknown setting {name!r} in {section.__name__}; known: {known}")
+    kind = str(fields[name].type)
+    if value is None:
+        return None
+    if name == "eps":
+        return parse_eps(value)
+    if name == "milestones":
+        if isinstance(value, str):
+            value = [v for v in value.replace(" ", "").split(",") if v]
+        return tuple(int(parse_number(v)) for v in value)
+    if kind.startswith("bool"):
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if kind.startswith("int"):
+        return int(parse_number(value))
+    if kind.startswith("float"):
+        return float(parse_number(value))
+    return value
+
+
+def _build(section: type, values: dict[str, Any]) -> Any:
+    return section(**{k: _coerce(section, k, v) for k, v in values.items()})
+
+
+def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict update: sections merge key by key, scalars replace."""
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """Build and validate a `TrainConfig` from a nested dict (missing keys take defaults)."""
+    values = dict(values)
+    sections = {name: _build(cls, values.pop(name, None) or {}) for name, cls in SECTIONS.items()}
+    top = {k: _coerce(TrainConfig, k, v) for k, v in values.items()}
+    config = TrainConfig(**sections, **top)
+    validate(config)
+    return config
+
+
+def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
+    if value not in choices:
+        raise RobevalError(f"unknown {what} {value!r}; known: {', '.join(choices)}")
+
+
+def validate(config: TrainConfig) -> None:
+    """One-line errors for settings that cannot work together."""
+    adv, optim = config.adversary, config.optim
+    _choice(adv.method, METHODS, "training method")
+    _choice(optim.optimizer, OPTIMIZERS, "optimizer")
+    _choice(optim.schedule, SCHEDULES, "LR schedule")
+    _choice(adv.bn_mode, BN_MODES, "BN mode")
+    _choice(optim.lr_scaling, ("none", "linear"), "LR scaling rule")
+    _choice(config.model.smooth_grad, tuple(SMOOTH_GRAD_MODES), "smooth-grad mode")
+    DATASETS.resolve(config.data.dataset)
+    resolve_arch(config.model.arch)
+    canonical_activation(config.model.activation)
+    norm = NORMS.resolve(adv.norm)
+    if norm == "l2" and adv.method not in ("pgd", "trades", "standard"):
+        raise RobevalError(f"--norm l2 works with --method pgd or trades, not {adv.method}")
+    parse_eps(adv.eps)
+    if adv.steps < 1:
+        raise RobevalError("--steps must be at least 1")
+    if config.epochs < 1 or optim.batch_size < 1:
+        raise RobevalError("--epochs and --batch-size must be at least 1")
+    if not 0 <= optim.label_smoothing < 1:
+        raise RobevalError("--label-smoothing must be in [0, 1)")
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A nested dict from a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise RobevalError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise RobevalError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
+    if not isinstance(values, dict):
+        raise RobevalError(f"config file {path} must hold a mapping of settings")
+    return values
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Xie et al., Smooth Adversarial Training, ImageNet ResNet-50 recipe (SiLU: the best smooth
+    # activation of its ResNet-50 comparison).
+    "sat-imagenet-resnet50": {
+        "data": {"dataset": "imagenet", "val_size": 0},
+        "model": {"arch": "resnet50", "activation": "silu"},
+        "adversary": {"method": "pgd", "eps": 4 / 255, "steps": 1, "step_size": 4 / 255},
+        "optim": {"optimizer": "sgd", "lr": 0.1, "batch_size": 256, "base_batch_size": 256,
+                  "weight_decay": 1e-4, "schedule": "piecewise", "milestones": [30, 60, 90]},
+        "epochs": 100,
+    },
+    # Pang et al., Bag of Tricks for Adversarial Training, CIFAR-10 baseline.
+    "bag-of-tricks-cifar10": {
+        "data": {"dataset": "cifar10"},
+        "model": {"arch": "resnet18", "activation": "relu"},
+        "adversary": {"method": "pgd", "eps": 8 / 255, "steps": 10, "step_size": 2 / 255,
+                      "random_start": True, "bn_mode": "eval"},
+        "optim": {"optimizer": "sgd", "lr": 0.1, "batch_size": 128, "weight_decay": 5e-4,
+                  "schedule": "piecewise", "milestones": [100, 105]},
+        "epochs": 110,
+    },
+    # Single-step FGSM training (no random start, step ε): the setting of catastrophic overfitting.
+    "fgsm-cifar10": {
+        "data": {"dataset": "cifar10"},
+        "model": {"arch": "preact-resnet18"},
+        "adversary": {"method": "fgsm", "eps": 8 / 255},
+        "optim": {"schedule": "cosine", "lr": 0.1, "weight_decay": 5e-4},
+        "epochs": 30,
+    },
+    # Input-gradient regularisation: CE + ε‖∇ₓL‖₁, the first-order version of the L∞ min-max.
+    "igr-cifar10": {
+        "data": {"dataset": "cifar10"},
+        "model": {"arch": "preact-resnet18"},
+        "adversary": {"method": "igr", "eps": 8 / 255},
+        "optim": {"schedule": "cosine", "lr": 0.1, "weight_decay": 5e-4},
+        "epochs": 30,
+    },
+    # Seconds on a CPU: for tests, CI and the quickstart.
+    "ci-small": {
+        "data": {"val_size": 200},
+        "model": {"arch": "cnn-small"},
+        "adversary": {"method": "pgd", "eps": 8 / 255, "steps": 1},
+        "optim": {"optimizer": "sgd", "lr": 0.05, "batch_size": 128, "weight_decay": 5e-4,
+                  "schedule": "onecycle"},
+        "epochs": 4,
+        "val_pgd_steps": 5,
+    },
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    """The overrides of a named preset."""
+    if name not in PRESETS:
+        raise RobevalError(f"unknown preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return merge(PRESETS[name], {"preset": name})
+
+
+def resolve_config(preset_name: str | None = None, config_file: str | Path | None = None,
+                   overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults ← preset ← YAML file ← command-line overrides, validated."""
+    values: dict[str, Any] = {}
+    if config_file:
+        from_file = load_yaml(config_file)
+        preset_name = preset_name or from_file.get("preset")
+        values = merge(values, from_file)
+    if preset_name:
+        values = merge(preset(preset_name), values)
+    values = merge(values, overrides or {})
+    return config_from_dict(values)

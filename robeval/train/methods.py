@@ -1,0 +1,120 @@
+"""Training methods: each turns a batch into a loss and the logits it saw.
+
+standard (clean CE), fgsm and pgd (CE on x + δ), trades (CE + β·KL), igr (CE + λ‖∇ₓL‖₁ by
+double backprop). Methods run inside the optimiser gradient phase (set by the trainer);
+examples are crafted with BatchNorm in the configured mode and the surrogate-gradient ReLUs in
+their attacker phase; the loss is computed in training mode.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robeval.activations import ATTACKER, gradient_phase
+from robeval.attacks.pgd import perturb
+from robeval.train.config import AdversaryConfig
+
+
+@dataclass
+class StepOutput:
+    """The loss to minimise and the logits behind the accuracy figures (None: not measured)."""
+
+    loss: Tensor
+    clean_logits: Tensor | None
+    adv_logits: Tensor | None
+
+
+Criterion = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> mean loss
+Method = Callable[[nn.Module, Tensor, Tensor, AdversaryConfig, float, Criterion], StepOutput]
+
+
+@contextmanager
+def crafting(model: nn.Module, bn_mode: str):
+    """BatchNorm in `bn_mode` and smooth-gradient attacker phase while examples are crafted."""
+    model.train(bn_mode == "train")
+    try:
+        with gradient_phase(model, ATTACKER):
+            yield
+    finally:
+        model.train()
+
+
+def step_size_for(adv: AdversaryConfig, steps: int) -> float | None:
+    """The configured step, or FGSM's 1.25ε with random start (Wong et al.); None: default."""
+    if adv.step_size is not None:
+        return adv.step_size
+    if adv.method == "fgsm" and adv.random_start:
+        return 1.25 * adv.eps
+    return None
+
+
+def standard(model, images, labels, adv, eps, criterion) -> StepOutput:
+    """Clean training."""
+    logits = model(images)
+    return StepOutput(criterion(logits, labels), logits.detach(), None)
+
+
+def _adversarial(model, images, labels, adv, eps, criterion, steps: int) -> StepOutput:
+    with crafting(model, adv.bn_mode):
+        step = step_size_for(adv, steps)
+        if step is not None and adv.eps > 0:
+            step *= eps / adv.eps  # follow the ε warm-up
+        adv_images, first_logits = perturb(model, images, labels, eps, steps, step,
+                                           adv.norm, adv.random_start)
+    logits = model(adv_images)
+    loss = criterion(logits, labels)
+    clean = None if adv.random_start else first_logits
+    return StepOutput(loss, clean, logits.detach())
+
+
+def fgsm(model, images, labels, adv, eps, criterion) -> StepOutput:
+    """FGSM training: one signed-gradient step (optionally from a random start)."""
+    return _adversarial(model, images, labels, adv, eps, criterion, steps=1)
+
+
+def pgd(model, images, labels, adv, eps, criterion) -> StepOutput:
+    """PGD-K training (K = adv.steps; PGD-1 with step ε is the SAT recipe)."""
+    return _adversarial(model, images, labels, adv, eps, criterion, steps=adv.steps)
+
+
+def _kl_to(clean_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    def per_sample_kl(logits: Tensor, _labels: Tensor) -> Tensor:
+        return F.kl_div(F.log_softmax(logits, 1), clean_probs, reduction="none").sum(1)
+
+    return per_sample_kl
+
+
+def trades(model, images, labels, adv, eps, criterion) -> StepOutput:
+    """TRADES (Zhang et al.): CE(f(x)) + β·KL(f(x) ‖ f(x')), x' maximising the KL term."""
+    with crafting(model, adv.bn_mode):
+        with torch.no_grad():
+            clean_probs = F.softmax(model(images), 1)
+        adv_images, _ = perturb(model, images, labels, eps, adv.steps, adv.step_size, adv.norm,
+                                loss_fn=_kl_to(clean_probs),
+                                init=0.001 * torch.randn_like(images))
+    clean_logits, adv_logits = model(images), model(adv_images)
+    kl = F.kl_div(F.log_softmax(adv_logits, 1), F.softmax(clean_logits, 1),
+                  reduction="batchmean")
+    loss = criterion(clean_logits, labels) + adv.trades_beta * kl
+    return StepOutput(loss, clean_logits.detach(), adv_logits.detach())
+
+
+def igr(model, images, labels, adv, eps, criterion) -> StepOutput:
+    """Input-gradient regularisation: CE + λ·mean‖∇ₓ CE‖₁, λ = ε by default."""
+    weight = eps if adv.igr_lambda is None else adv.igr_lambda
+    images = images.clone().requires_grad_(True)
+    logits = model(images)
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    (grad,) = torch.autograd.grad(per_sample.sum(), images, create_graph=True)
+    loss = criterion(logits, labels) + weight * grad.abs().flatten(1).sum(1).mean()
+    return StepOutput(loss, logits.detach(), None)
+
+
+METHODS: dict[str, Method] = {"standard": standard, "fgsm": fgsm, "pgd": pgd,
+                              "trades": trades, "igr": igr}
