@@ -20,7 +20,6 @@ from robeval.errors import RobevalError
 from robeval.registry import Registry
 from robeval.spec import format_spec, parse_spec
 
-
 # --- modules without a torch builtin -------------------------------------------------------
 
 class ParametricSoftplus(nn.Module):
@@ -118,7 +117,7 @@ def gradient_phase(model: nn.Module, phase: str) -> Iterator[None]:
     try:
         yield
     finally:
-        for module, old in zip(surrogates, previous):
+        for module, old in zip(surrogates, previous, strict=True):
             module.phase = old
 
 
@@ -165,6 +164,7 @@ class Activation:
     c1: Callable[..., bool]                         # c1(**params) -> is f continuously differentiable
     defaults: dict = field(default_factory=dict)    # parameters and their defaults
     formula: str = ""
+    positive: tuple[str, ...] = ()                  # parameters that must be > 0
 
     def params(self, **overrides) -> dict:
         """Default parameters updated with `overrides`; unknown names are an error."""
@@ -175,6 +175,13 @@ class Activation:
                 f"activation {self.name!r} has no parameter {', '.join(sorted(unknown))}; "
                 f"parameters: {allowed}"
             )
+        for key, value in overrides.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise RobevalError(
+                    f"activation {self.name!r}: {key}={value!r} is not a number (e.g. {key}=0.5)"
+                )
+            if key in self.positive and not value > 0:
+                raise RobevalError(f"activation {self.name!r}: {key} must be > 0, got {value}")
         return {**self.defaults, **overrides}
 
     def module(self, **params) -> nn.Module:
@@ -193,9 +200,9 @@ class Activation:
 ACTIVATIONS: Registry[Activation] = Registry("activation")
 
 
-def _register(name, build, derivative, c1, defaults=None, formula="", aliases=()):
+def _register(name, build, derivative, c1, defaults=None, formula="", aliases=(), positive=()):
     entry = Activation(name, build, derivative, c1 if callable(c1) else (lambda **_: c1),
-                       defaults or {}, formula)
+                       defaults or {}, formula, tuple(positive))
     ACTIVATIONS.add(name, entry, aliases)
 
 
@@ -204,7 +211,7 @@ _register("softplus", lambda: nn.Softplus(), lambda x: torch.sigmoid(x), True,
           formula="log(1 + exp(x))")
 _register("parametric-softplus", lambda alpha: ParametricSoftplus(alpha),
           lambda x, alpha: torch.sigmoid(alpha * x), True, {"alpha": 10.0},
-          "log(1 + exp(αx)) / α", aliases=("psoftplus", "softplus-alpha"))
+          "log(1 + exp(αx)) / α", aliases=("psoftplus", "softplus-alpha"), positive=("alpha",))
 _register("silu", lambda: nn.SiLU(),
           lambda x: torch.sigmoid(x) * (1 + x * (1 - torch.sigmoid(x))), True,
           formula="x · sigmoid(x)", aliases=("swish",))
@@ -215,11 +222,11 @@ _register("elu", lambda alpha: nn.ELU(alpha),
           lambda alpha: alpha == 1.0, {"alpha": 1.0}, "x if x > 0 else α(exp(x) − 1)")
 _register("celu", lambda alpha: nn.CELU(alpha),
           lambda x, alpha: torch.where(x > 0, torch.ones_like(x), torch.exp(x / alpha)),
-          True, {"alpha": 1.0}, "x if x > 0 else α(exp(x/α) − 1)")
+          True, {"alpha": 1.0}, "x if x > 0 else α(exp(x/α) − 1)", positive=("alpha",))
 _register("smoothrelu", lambda alpha: SmoothReLU(alpha),
           lambda x, alpha: torch.where(x >= 0, alpha * x / (alpha * x + 1), torch.zeros_like(x)),
           True, {"alpha": 400.0}, "x − log(αx + 1)/α if x ≥ 0 else 0",
-          aliases=("smooth-relu",))
+          aliases=("smooth-relu",), positive=("alpha",))
 _register("prelu", lambda init: nn.PReLU(init=init),
           lambda x, init: torch.where(x > 0, torch.ones_like(x), torch.full_like(x, init)),
           False, {"init": 0.25}, "x if x > 0 else a·x (a learnable)")

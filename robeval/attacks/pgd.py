@@ -33,8 +33,9 @@ def perturb(model: nn.Module, images: Tensor, labels: Tensor, eps: float, steps:
     """Craft x + δ with ‖δ‖ ≤ ε maximising `loss_fn` by `steps` projected gradient steps.
 
     `init` is a starting perturbation (for example TRADES' small Gaussian); otherwise the start
-    is 0, or uniform in the ball with `random_start`. Returns the adversarial images and the logits of the first forward pass (at the clean
-    images when there is no random start), which the trainer reuses as clean predictions.
+    is 0, or uniform in the ball with `random_start`. Returns the adversarial images and the
+    logits of the first forward pass (at the clean images when there is no random start), which
+    the trainer reuses as clean predictions.
     """
     geometry = get_norm(norm)
     step_size = default_step_size(eps, steps, norm) if step_size is None else step_size

@@ -40,6 +40,7 @@ class CifarLayout:
     train: tuple[OfficialFile, ...]
     test: tuple[OfficialFile, ...]
     label_key: bytes
+    classes: int
 
 
 CIFAR10 = CifarLayout(
@@ -55,6 +56,7 @@ CIFAR10 = CifarLayout(
     ),
     test=(OfficialFile("test_batch", "40351d587109b95175f43aff81a1287e", 31035526, 10000),),
     label_key=b"labels",
+    classes=10,
 )
 
 # CIFAR-100's byte sizes are not pinned here; its files count as official when they hold the
@@ -66,6 +68,7 @@ CIFAR100 = CifarLayout(
     train=(OfficialFile("train", "16019d7e3df5f24257cddd4c9c7bbb53", None, 50000),),
     test=(OfficialFile("test", "f0ef6b0ae62326f3e7ffdfab6717acfc", None, 10000),),
     label_key=b"fine_labels",
+    classes=100,
 )
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
@@ -119,7 +122,8 @@ def locate_or_download(layout: CifarLayout, data_dir: Path | None, dataset: str)
     return folder
 
 
-def read_batch(path: Path, official: OfficialFile, label_key: bytes) -> ImageTensors:
+def read_batch(path: Path, official: OfficialFile, label_key: bytes,
+               classes: int) -> ImageTensors:
     """Read one pickled batch; corrupt, truncated or mislabelled files are one-line errors."""
     fix = f"re-download it or restore the official {path.name}"
     if not path.is_file():
@@ -135,6 +139,8 @@ def read_batch(path: Path, official: OfficialFile, label_key: bytes) -> ImageTen
         raise RobevalError(f"data file {path} is truncated or corrupt: {fix}") from err
     if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
         raise RobevalError(f"data file {path} has unexpected shape {data.shape}: {fix}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+        raise RobevalError(f"data file {path} has labels outside 0..{classes - 1}: {fix}")
     if official.size is None and len(data) == official.rows:
         verify_md5(path, official, fix)
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
@@ -151,7 +157,7 @@ def read_cifar(layout: CifarLayout, split: str, data_dir: Path | None, dataset: 
     """All batches of one split, concatenated in the official order."""
     folder = locate_or_download(layout, data_dir, dataset)
     files = layout.train if split == "train" else layout.test
-    parts = [read_batch(folder / f.name, f, layout.label_key) for f in files]
+    parts = [read_batch(folder / f.name, f, layout.label_key, layout.classes) for f in files]
     return ImageTensors(torch.cat([p.images for p in parts]), torch.cat([p.labels for p in parts]))
 
 

@@ -70,7 +70,10 @@ def read_imagenet(split: str, data_dir: Path | None) -> FolderSource:
         raise RobevalError(
             f"imagenet not found: pass --data-dir DIR with DIR/{folder}/<class>/<image> folders"
         )
-    return FolderSource(data_dir / folder, train=split == "train")
+    try:
+        return FolderSource(data_dir / folder, train=split == "train")
+    except FileNotFoundError as err:  # no class folders, or no images in them
+        raise RobevalError(f"imagenet folder {data_dir / folder} holds no images: {err}") from err
 
 
 DATASETS.add("imagenet", DatasetEntry(

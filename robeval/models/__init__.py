@@ -49,8 +49,15 @@ _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
 
 
 def resolve_arch(arch: str) -> str:
-    """The registered name for `arch`; `wrn-D-W` is accepted for any depth and width."""
-    if _WRN.match(canonical(arch)):
+    """The registered name for `arch`; `wrn-D-W` is accepted for any depth 6n+4 and width ≥ 1."""
+    wrn = _WRN.match(canonical(arch))
+    if wrn:
+        depth, width = int(wrn.group(1)), int(wrn.group(2))
+        if depth < 10 or (depth - 4) % 6 or width < 1:
+            raise RobevalError(
+                f"model {arch!r}: a WRN needs depth 6n+4 with n ≥ 1 (e.g. 16, 28, 34) and "
+                f"width ≥ 1, got depth {depth} and width {width}"
+            )
         return canonical(arch)
     return MODELS.resolve(arch)
 

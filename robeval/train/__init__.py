@@ -1,7 +1,14 @@
 """The SAT trainer: methods, tricks, checkpoints and exact resume."""
 
-from robeval.train.config import (PRESETS, AdversaryConfig, OptimConfig, TrainConfig,
-                                  config_from_dict, config_to_dict, resolve_config)
+from robeval.train.config import (
+                                  PRESETS,
+                                  AdversaryConfig,
+                                  OptimConfig,
+                                  TrainConfig,
+                                  config_from_dict,
+                                  config_to_dict,
+                                  resolve_config,
+)
 from robeval.train.loop import TrainResult, model_for, resolve_device, train
 
 __all__ = ["PRESETS", "AdversaryConfig", "OptimConfig", "TrainConfig", "TrainResult",

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from robeval.activations import SMOOTH_GRAD_MODES, canonical_activation
+from robeval.activations import SMOOTH_GRAD_MODES, activation_factory
 from robeval.attacks.steps import NORMS
 from robeval.data import DATASETS, DataConfig
 from robeval.errors import RobevalError
@@ -165,7 +165,7 @@ def validate(config: TrainConfig) -> None:
     _choice(config.model.smooth_grad, tuple(SMOOTH_GRAD_MODES), "smooth-grad mode")
     DATASETS.resolve(config.data.dataset)
     resolve_arch(config.model.arch)
-    canonical_activation(config.model.activation)
+    activation_factory(config.model.activation, config.model.smooth_grad)
     norm = NORMS.resolve(adv.norm)
     if norm == "l2" and adv.method not in ("pgd", "trades", "standard"):
         raise RobevalError(f"--norm l2 works with --method pgd or trades, not {adv.method}")

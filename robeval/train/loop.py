@@ -15,8 +15,13 @@ from tqdm.auto import tqdm
 
 from robeval.activations import OPTIMIZER, gradient_phase
 from robeval.attacks.pgd import perturb
-from robeval.checkpoints import (atomic_write_text, load_checkpoint, read_jsonl,
-                                 save_checkpoint, write_jsonl)
+from robeval.checkpoints import (
+    atomic_write_text,
+    load_checkpoint,
+    read_jsonl,
+    save_checkpoint,
+    write_jsonl,
+)
 from robeval.data import DatasetInfo, load_data
 from robeval.data.batches import BatchSource
 from robeval.errors import RobevalError
@@ -237,5 +242,6 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             log(f"early stop: no better val PGD accuracy for {patience} epochs")
             result.stopped_early = True
             break
-    result.history, result.best_epoch, result.best_val_pgd_acc = history, best["epoch"], best["val_pgd_acc"]
+    result.history = history
+    result.best_epoch, result.best_val_pgd_acc = best["epoch"], best["val_pgd_acc"]
     return result

@@ -1,0 +1,43 @@
+"""Every way to run things: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def install_robeval(session: nox.Session, *extras: str) -> None:
+    """Install robeval (editable) with the given extras into the session's environment."""
+    target = f".[{','.join(extras)}]" if extras else "."
+    session.install("-e", target)
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite on CPU; arguments after `--` go to pytest (e.g. `-k pgd`)."""
+    install_robeval(session, "test")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff over the package, the tests and the benchmarks."""
+    session.install("ruff")
+    session.run("ruff", "check", "robeval", "tests", "benchmarks", "noxfile.py")
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """The README's main job: a short smooth adversarial training run on the embedded digits."""
+    install_robeval(session)
+    session.run("robeval", "train", "--preset", "ci-small", "--out", "checkpoints/quickstart",
+                "--force", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Training-cost ratios (smooth activations vs ReLU, PGD-1 vs standard) → BENCHMARKS.md."""
+    install_robeval(session)
+    session.run("python", "benchmarks/bench_train.py", *session.posargs)

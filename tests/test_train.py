@@ -1,0 +1,280 @@
+"""The SAT trainer: methods, tricks, run folders, exact resume, and bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import yaml
+
+from robeval.activations import ATTACKER, OPTIMIZER, SurrogateReLU, gradient_phase
+from robeval.attacks.pgd import perturb
+from robeval.checkpoints import read_jsonl
+from robeval.errors import RobevalError
+from robeval.models import build_model
+from robeval.runs import load_model
+from robeval.train import loop, resolve_config, train
+from robeval.train.config import PRESETS, config_to_dict
+from robeval.train.methods import crafting
+from robeval.train.schedule import eps_at, lr_at
+
+TINY = {"data": {"train_subset": 256, "val_size": 128}, "val_pgd_steps": 2,
+        "optim": {"batch_size": 64}}
+
+
+def tiny_config(**overrides):
+    """ci-small on 256 embedded digits, with nested overrides on top."""
+    values = {**TINY}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            values[key] = {**values.get(key, {}), **value}
+        else:
+            values[key] = value
+    return resolve_config("ci-small", overrides=values)
+
+
+def quiet_train(config, out, **kwargs):
+    return train(config, out, progress=False, log=lambda _: None, **kwargs)
+
+
+@pytest.mark.parametrize("method,extra", [
+    ("standard", {}), ("fgsm", {"random_start": True}), ("pgd", {"steps": 2}),
+    ("pgd", {"norm": "l2", "eps": 0.5, "steps": 2}), ("trades", {"steps": 2}), ("igr", {}),
+])
+def test_every_method_trains_with_finite_loss(tmp_path, method, extra):
+    config = tiny_config(adversary={"method": method, **extra}, epochs=1)
+    result = quiet_train(config, tmp_path / method)
+    row = result.history[0]
+    assert math.isfinite(row["loss"]) and row["loss"] > 0
+    assert 0 <= row["val_pgd_acc"] <= row["val_clean_acc"] <= 1
+    if method in ("standard", "igr"):
+        assert row["train_adv_acc"] is None
+    else:
+        assert row["train_adv_acc"] is not None
+
+
+def test_run_folder_holds_config_checkpoints_and_history(tmp_path):
+    config = tiny_config(epochs=2, optim={"label_smoothing": 0.1, "warmup_epochs": 1})
+    result = quiet_train(config, tmp_path / "run")
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved == config_to_dict(config)
+    assert saved["optim"]["label_smoothing"] == 0.1 and saved["adversary"]["bn_mode"] == "eval"
+    history = read_jsonl(tmp_path / "run" / "history.jsonl")
+    assert [row["epoch"] for row in history] == [1, 2] == [r["epoch"] for r in result.history]
+    for key in ("loss", "train_clean_acc", "train_adv_acc", "val_clean_acc", "val_pgd_acc",
+                "lr", "eps", "time"):
+        assert key in history[0]
+    for name in ("last.pt", "best.pt"):  # plain tensors and dicts: loadable as weights only
+        state = torch.load(tmp_path / "run" / name, weights_only=True)
+        assert "model" in state
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == result.best_epoch
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
+    config = tiny_config(epochs=3, adversary={"random_start": True})
+    quiet_train(config, tmp_path / "straight")
+
+    def stop_after_first_epoch(epoch, row, model):
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        quiet_train(config, tmp_path / "resumed", callbacks=[stop_after_first_epoch])
+    assert len(read_jsonl(tmp_path / "resumed" / "history.jsonl")) == 1
+    quiet_train(config, tmp_path / "resumed", resume=True)
+
+    straight = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)
+    for key, tensor in straight["model"].items():
+        assert torch.equal(tensor, resumed["model"][key]), key
+    rows = [read_jsonl(tmp_path / name / "history.jsonl") for name in ("straight", "resumed")]
+    assert [r["val_pgd_acc"] for r in rows[0]] == [r["val_pgd_acc"] for r in rows[1]]
+    assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
+
+
+def test_existing_run_is_not_overwritten_without_force(tmp_path):
+    out = tmp_path / "run"
+    quiet_train(tiny_config(epochs=1), out)
+    with pytest.raises(RobevalError, match="already holds this run.*--resume"):
+        quiet_train(tiny_config(epochs=1), out)
+    with pytest.raises(RobevalError, match="different run.*--force"):
+        quiet_train(tiny_config(epochs=1, seed=1), out)
+    result = quiet_train(tiny_config(epochs=1, seed=1), out, force=True)
+    assert yaml.safe_load((out / "config.yaml").read_text())["seed"] == 1
+    assert len(result.history) == 1
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path,
+                                                                              monkeypatch):
+    out = tmp_path / "run"
+    config = tiny_config(epochs=3)
+    real_method = loop.METHODS["pgd"]
+    calls = {"n": 0}
+    batches_per_epoch = 256 // 64
+
+    def diverging(*args):
+        calls["n"] += 1
+        output = real_method(*args)
+        if calls["n"] > batches_per_epoch:  # the second epoch blows up
+            output.loss = output.loss * float("nan")
+        return output
+
+    monkeypatch.setitem(loop.METHODS, "pgd", diverging)
+    with pytest.raises(RobevalError, match="loss became nan at epoch 2") as error:
+        quiet_train(config, out)
+    assert "\n" not in str(error.value)
+    state = torch.load(out / "last.pt", weights_only=True)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])
+    monkeypatch.setattr(loop, "validate",
+                        lambda *a, **k: {"val_clean_acc": 0.9, "val_pgd_acc": next(scores)})
+    result = quiet_train(tiny_config(epochs=5, early_stop_patience=2), tmp_path / "run")
+    assert result.stopped_early and len(result.history) == 3
+    assert result.best_epoch == 1
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 1
+
+
+def test_pgd1_on_cifar10_mini_beats_chance_clearly(tmp_path, cifar10_mini_dir):
+    config = resolve_config("ci-small", overrides={
+        "data": {"dataset": "cifar10", "data_dir": str(cifar10_mini_dir), "val_size": 500},
+        "model": {"activation": "softplus"}, "epochs": 5})
+    result = train(config, tmp_path / "cifar", progress=False, log=print)
+    last = result.history[-1]
+    assert last["val_clean_acc"] > 0.25, last   # chance is 0.10
+    assert last["val_pgd_acc"] > 0.15, last
+
+
+def test_schedules_follow_their_definitions():
+    piecewise = tiny_config(epochs=10, optim={"schedule": "piecewise", "lr": 0.1,
+                                             "milestones": [5, 8]})
+    assert [round(lr_at(piecewise, e), 6) for e in (0, 4.9, 5, 8)] == [0.1, 0.1, 0.01, 0.001]
+    cosine = tiny_config(epochs=10, optim={"schedule": "cosine", "lr": 0.2})
+    assert lr_at(cosine, 0) == pytest.approx(0.2) and lr_at(cosine, 5) == pytest.approx(0.1)
+    assert lr_at(cosine, 10) == pytest.approx(0.0, abs=1e-12)
+    onecycle = tiny_config(epochs=10, optim={"schedule": "onecycle", "lr": 0.2})
+    assert lr_at(onecycle, 4) == pytest.approx(0.2) and lr_at(onecycle, 2) == pytest.approx(0.1)
+    warm = tiny_config(epochs=10, optim={"schedule": "constant", "lr": 0.1, "warmup_epochs": 2})
+    assert lr_at(warm, 1) == pytest.approx(0.05) and lr_at(warm, 3) == pytest.approx(0.1)
+    scaled = tiny_config(optim={"lr": 0.1, "batch_size": 512, "base_batch_size": 128,
+                                "lr_scaling": "linear", "schedule": "constant"})
+    assert scaled.effective_lr == pytest.approx(0.4) and lr_at(scaled, 1) == pytest.approx(0.4)
+    eps_warm = tiny_config(adversary={"eps": 8 / 255, "eps_warmup_epochs": 4})
+    assert eps_at(eps_warm, 1) == pytest.approx(2 / 255) and eps_at(eps_warm, 5) == 8 / 255
+
+
+def test_presets_hold_the_papers_recipes():
+    sat = resolve_config("sat-imagenet-resnet50")
+    assert (sat.adversary.method, sat.adversary.steps) == ("pgd", 1)
+    assert sat.adversary.eps == pytest.approx(4 / 255) == sat.adversary.step_size
+    assert sat.optim.milestones == (30, 60, 90) and sat.optim.weight_decay == 1e-4
+    assert sat.epochs == 100 and sat.model.arch == "resnet50" and sat.data.dataset == "imagenet"
+    bag = resolve_config("bag-of-tricks-cifar10")
+    assert (bag.adversary.steps, bag.adversary.step_size) == (10, pytest.approx(2 / 255))
+    assert bag.optim.milestones == (100, 105) and bag.epochs == 110
+    assert bag.optim.weight_decay == 5e-4 and bag.adversary.bn_mode == "eval"
+    assert bag.optim.batch_size == 128 and bag.optim.lr == 0.1
+    assert resolve_config("fgsm-cifar10").adversary.method == "fgsm"
+    assert resolve_config("igr-cifar10").adversary.method == "igr"
+    assert set(PRESETS) >= {"sat-imagenet-resnet50", "bag-of-tricks-cifar10", "fgsm-cifar10",
+                            "igr-cifar10", "ci-small"}
+
+
+def test_yaml_config_then_command_line_overrides(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text("preset: ci-small\nadversary:\n  eps: 4/255\n  steps: 3\noptim:\n  lr: 0.2\n")
+    config = resolve_config(config_file=path, overrides={"adversary": {"steps": 2}})
+    assert config.adversary.eps == pytest.approx(4 / 255)
+    assert config.adversary.steps == 2 and config.optim.lr == 0.2
+    assert config.model.arch == "cnn-small" and config.preset == "ci-small"
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"adversary": {"eps": "8"}}, "above 1.*8/255"),
+    ({"model": {"activation": "swishy"}}, "unknown activation 'swishy'; known: .*gelu"),
+    ({"model": {"arch": "resnet7"}}, "unknown model 'resnet7'; known: .*cnn-small"),
+    ({"data": {"dataset": "mnist"}}, "unknown dataset 'mnist'; known: .*cifar10"),
+    ({"adversary": {"method": "pgd-ish"}}, "unknown training method"),
+    ({"model": {"activation": "gelu", "smooth_grad": "both"}}, "needs --activation relu"),
+    ({"optim": {"colour": 1}}, "unknown setting 'colour'"),
+])
+def test_bad_settings_give_one_line_errors(overrides, message):
+    with pytest.raises(RobevalError, match=message) as error:
+        resolve_config("ci-small", overrides=overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_checkpoint_that_does_not_match_the_architecture_is_refused(tmp_path):
+    quiet_train(tiny_config(epochs=1), tmp_path / "run")
+    model = load_model(tmp_path / "run")
+    assert not model.training
+    with pytest.raises(RobevalError, match="does not match the architecture"):
+        load_model(tmp_path / "run", arch="resnet18")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RobevalError, match="corrupt"):
+        load_model(tmp_path / "bad.pt")
+
+
+def test_crafting_uses_the_configured_bn_mode_and_attacker_phase():
+    model = build_model("cnn-small", "relu", smooth_grad="attacker", in_channels=1,
+                        mean=(0.5,), std=(0.5,))
+    surrogate = next(m for m in model.modules() if isinstance(m, SurrogateReLU))
+    model.train()
+    with crafting(model, "eval"):
+        assert not model.training and surrogate.phase == ATTACKER
+    assert model.training
+    with crafting(model, "train"):
+        assert model.training
+    with gradient_phase(model, OPTIMIZER):
+        with crafting(model, "eval"):
+            pass
+        assert surrogate.phase == OPTIMIZER
+
+
+def test_bn_statistics_do_not_move_while_crafting_in_eval_mode():
+    model = build_model("cnn-small", "relu", in_channels=1, mean=(0.5,), std=(0.5,))
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    images, labels = torch.rand(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    with crafting(model, "eval"):
+        perturb(model, images, labels, 8 / 255, 2)
+    after = model.state_dict()
+    assert all(torch.equal(value, after[key]) for key, value in before.items())
+    with crafting(model, "train"):
+        perturb(model, images, labels, 8 / 255, 2)
+    assert not all(torch.equal(value, model.state_dict()[key]) for key, value in before.items())
+
+
+def test_perturb_stays_in_the_ball_and_leaves_parameter_gradients_alone():
+    torch.manual_seed(0)
+    model = build_model("cnn-small", "gelu", in_channels=1, mean=(0.5,), std=(0.5,)).eval()
+    images, labels = torch.rand(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    adv, first_logits = perturb(model, images, labels, 8 / 255, 3, random_start=True)
+    assert (adv - images).abs().max() <= 8 / 255 + 1e-6
+    assert adv.min() >= 0 and adv.max() <= 1
+    assert all(p.grad is None for p in model.parameters())
+    loss = torch.nn.functional.cross_entropy
+    assert loss(model(adv), labels) > loss(model(images), labels)
+    clean_adv, clean_logits = perturb(model, images, labels, 8 / 255, 1)
+    assert torch.allclose(clean_logits, model(images))
+
+
+def test_igr_penalises_the_input_gradient(tmp_path):
+    from robeval.train.methods import igr, standard
+
+    model = build_model("cnn-small", "softplus", in_channels=1, mean=(0.5,), std=(0.5,))
+    images, labels = torch.rand(8, 1, 32, 32), torch.randint(0, 10, (8,))
+    config = tiny_config(adversary={"method": "igr"})
+    criterion = torch.nn.functional.cross_entropy
+    plain = standard(model, images, labels, config.adversary, 8 / 255, criterion).loss
+    regularised = igr(model, images, labels, config.adversary, 8 / 255, criterion).loss
+    assert regularised > plain
+    regularised.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
