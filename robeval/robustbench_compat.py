@@ -73,9 +73,7 @@ class AutoAttack(_BASE):
         """Build pyautoattack's AutoAttack from the original arguments (see the class doc)."""
         _require_pyautoattack()
         if is_tf_model:
-            raise RobevalError(
-                "pyautoattack cannot attack TensorFlow models: pass a torch.nn.Module"
-            )
+            raise RobevalError("pyautoattack cannot attack TensorFlow models: pass a torch.nn.Module")
         super().__init__(
             model,
             attacks=list(attacks_to_run) or None,
@@ -106,7 +104,7 @@ class AutoAttack(_BASE):
         state_path = _new_state_path(state_path)
         with self._logging_to_file():
             x_adv, y_adv = super().run_standard_evaluation(
-                x_orig, y_orig, batch_size=bs, state_path=state_path
+                x_orig, y_orig, batch_size=250, state_path=state_path
             )
         return (x_adv, y_adv) if return_labels else x_adv
 
@@ -208,9 +206,7 @@ def import_robustbench() -> types.ModuleType:
             return importlib.import_module("robustbench")
     except ModuleNotFoundError as error:
         if error.name == "pkg_resources":
-            raise RobevalError(
-                "robustbench needs pkg_resources: pip install 'setuptools<81'"
-            ) from error
+            raise RobevalError("robustbench needs pkg_resources: pip install 'setuptools<81'") from error
         if error.name == "robustbench":
             raise RobevalError("robustbench is not installed: pip install robustbench") from error
         raise

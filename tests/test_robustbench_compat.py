@@ -126,7 +126,7 @@ def _run_benchmark(robustbench, monkeypatch, model, test_images, **kwargs):
     """robustbench.benchmark on `test_images` with seeded CHEAP_ATTACKS.
 
     Returns clean and robust accuracy, the keyword arguments robustbench gave AutoAttack, the
-    adversaries built, and the keyword arguments that reached pyautoattack's run.
+    adversaries built, and the keyword arguments and the adversarial labels of pyautoattack's run.
     """
     images, labels = test_images
     requested, adversaries, calls = [], [], []
@@ -135,17 +135,18 @@ def _run_benchmark(robustbench, monkeypatch, model, test_images, **kwargs):
         assert dataset.value == "cifar10"
         return images[:n_examples], labels[:n_examples]
 
-    def seeded_cheap_autoattack(*args, **kwargs):
-        requested.append(kwargs)
-        cheap = {**kwargs, "attacks_to_run": CHEAP_ATTACKS, "version": "custom", "seed": SEED}
+    def seeded_cheap_autoattack(*args, **given):
+        requested.append(given)
+        cheap = {**given, "attacks_to_run": CHEAP_ATTACKS, "version": "custom", "seed": SEED}
         adversaries.append(robustbench_compat.AutoAttack(*args, **cheap))
         return adversaries[-1]
 
     run = pyautoattack.AutoAttack.run_standard_evaluation
 
-    def recording_run(self, x, y, /, **kwargs):
-        calls.append(kwargs)
-        return run(self, x, y, **kwargs)
+    def recording_run(self, x, y, /, **options):
+        x_adv, y_adv = run(self, x, y, **options)
+        calls.append((options, y_adv))
+        return x_adv, y_adv
 
     monkeypatch.setattr(robustbench.eval, "load_clean_dataset", load_clean_dataset)
     monkeypatch.setattr(robustbench.eval, "AutoAttack", seeded_cheap_autoattack)
@@ -276,9 +277,7 @@ def test_adapter_rejects_unknown_and_unsupported_arguments(tmp_path):
     state = tmp_path / "state.json"
     state.write_text("{}")
     with pytest.raises(RobevalError, match="delete it or pass a new path"):
-        robustbench_compat.AutoAttack(model).run_standard_evaluation(
-            images, labels, state_path=state
-        )
+        robustbench_compat.AutoAttack(model).run_standard_evaluation(images, labels, state_path=state)
 
 
 @needs_adapter
@@ -304,7 +303,9 @@ def test_benchmark_matches_pyautoattack_called_directly(
     [adversary] = adversaries
     assert (adversary.norm, adversary.epsilon, adversary.device) == ("Linf", EPS, cpu)
     assert adversary.attacks_to_run == CHEAP_ATTACKS
-    assert calls == [{"batch_size": BATCH_SIZE, "state_path": None}]
+    [(options, adversarial_labels)] = calls
+    assert options == {"batch_size": BATCH_SIZE, "state_path": None}
+    assert torch.equal(adversarial_labels == test_images[1], direct_flags)
     text = log.read_text()
     assert f"initial accuracy: {clean:.2%}" in text
     assert f"robust accuracy: {robust:.2%}" in text

@@ -1,0 +1,31 @@
+"""Write a benchmark's figures into its own section of BENCHMARKS.md (replaced on rerun)."""
+
+from __future__ import annotations
+
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def device_label(device: torch.device) -> str:
+    """A short description of the hardware the figures were measured on."""
+    if device.type == "cuda":
+        return f"GPU {torch.cuda.get_device_name(device)}"
+    cores = len(__import__("os").sched_getaffinity(0))
+    return f"CPU {platform.processor() or platform.machine()}, {cores} cores"
+
+
+def write_section(name: str, device: torch.device, body: str,
+                  path: Path = ROOT / "BENCHMARKS.md") -> None:
+    """Replace (or append) the section `name` for this device kind in BENCHMARKS.md."""
+    key = f"{name} {device.type}"
+    begin, end = f"<!-- BEGIN {key} -->", f"<!-- END {key} -->"
+    section = f"{begin}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.is_file() else "# Benchmarks\n\nFigures written by the scripts in `benchmarks/`.\n"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
+    path.write_text(text)

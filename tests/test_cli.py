@@ -1,0 +1,66 @@
+"""The command line: thin over the library, one-line errors, files where the README says."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from robeval.cli import main
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_command_writes_a_run_folder_and_a_summary(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "train", "--preset", "ci-small", "--epochs", "1",
+                              "--train-subset", "256", "--val-size", "100",
+                              "--activation", "softplus", "--eps", "4/255", "--lr", "0.02",
+                              "--milestones", "5,8", "--out", str(out), "--quiet")
+    assert code == 0
+    assert {"config.yaml", "last.pt", "best.pt", "history.jsonl"} <= {p.name for p in out.iterdir()}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["activation"] == "softplus"
+    assert config["adversary"]["eps"] == pytest.approx(4 / 255)
+    assert config["optim"]["milestones"] == [5, 8] and config["optim"]["lr"] == 0.02
+    assert "val_pgd_acc" in stdout and "best checkpoint" in stdout
+
+
+def test_default_run_folder_is_under_checkpoints(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, stdout, _ = run_cli(capsys, "train", "--preset", "ci-small", "--epochs", "1",
+                              "--train-subset", "128", "--val-size", "64", "--quiet",
+                              "--smooth-grad", "attacker")
+    assert code == 0
+    runs = list((tmp_path / "checkpoints").iterdir())
+    assert [p.name for p in runs] == ["digits-cnn-small-relu-sg-attacker-pgd-s0"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--eps", "8"], "did you mean 8/255"),
+    (["--activation", "swishy"], "unknown activation 'swishy'; known:"),
+    (["--model", "resnet7"], "unknown model 'resnet7'; known:"),
+    (["--dataset", "cifar10", "--data-dir", "/nonexistent"], "cifar10 not found: put"),
+    (["--preset", "nope"], "unknown preset 'nope'"),
+    (["--config", "/nonexistent.yaml"], "does not exist"),
+])
+def test_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, capsys, args, message):
+    code, stdout, stderr = run_cli(capsys, "train", "--out", str(tmp_path / "x"), *args)
+    assert code == 2
+    assert stderr.startswith("error: ") and message in stderr
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+
+
+def test_list_shows_the_registries(capsys):
+    code, stdout, _ = run_cli(capsys, "train", "--list")
+    assert code == 0
+    assert "ci-small" in stdout and "wrn-D-W" in stdout and "smoothrelu" in stdout
+    assert "digits" in stdout
+
+
+def test_unknown_option_is_a_usage_error(capsys):
+    code, _, stderr = run_cli(capsys, "train", "--colour", "red")
+    assert code == 2 and "No such option" in stderr
