@@ -104,7 +104,7 @@ class AutoAttack(_BASE):
         state_path = _new_state_path(state_path)
         with self._logging_to_file():
             x_adv, y_adv = super().run_standard_evaluation(
-                x_orig, y_orig, batch_size=250, state_path=state_path
+                x_orig, y_orig, batch_size=bs, state_path=state_path
             )
         return (x_adv, y_adv) if return_labels else x_adv
 
