@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import re
 from pathlib import Path
@@ -15,7 +16,7 @@ def device_label(device: torch.device) -> str:
     """A short description of the hardware the figures were measured on."""
     if device.type == "cuda":
         return f"GPU {torch.cuda.get_device_name(device)}"
-    cores = len(__import__("os").sched_getaffinity(0))
+    cores = len(os.sched_getaffinity(0))
     return f"CPU {platform.processor() or platform.machine()}, {cores} cores"
 
 
@@ -25,7 +26,11 @@ def write_section(name: str, device: torch.device, body: str,
     key = f"{name} {device.type}"
     begin, end = f"<!-- BEGIN {key} -->", f"<!-- END {key} -->"
     section = f"{begin}\n{body.strip()}\n{end}"
-    text = path.read_text() if path.is_file() else "# Benchmarks\n\nFigures written by the scripts in `benchmarks/`.\n"
+    header = "# Benchmarks\n\nFigures written by the scripts in `benchmarks/`.\n"
+    text = path.read_text() if path.is_file() else header
     pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = f"{text.rstrip()}\n\n{section}\n"
     path.write_text(text)
