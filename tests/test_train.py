@@ -278,3 +278,58 @@ def test_igr_penalises_the_input_gradient(tmp_path):
     assert regularised > plain
     regularised.backward()
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name,cls,extra", [
+    ("sgd", torch.optim.SGD, {"momentum": 0.8, "nesterov": True}),
+    ("adam", torch.optim.Adam, {}),
+    ("adamw", torch.optim.AdamW, {}),
+])
+def test_optimiser_is_built_as_configured(name, cls, extra):
+    config = tiny_config(optim={"optimizer": name, "weight_decay": 1e-3, **extra})
+    model = build_model("cnn-small", in_channels=1, mean=(0.5,), std=(0.5,))
+    optimizer = loop.make_optimizer(config, model)
+    assert type(optimizer) is cls
+    group = optimizer.param_groups[0]
+    assert group["weight_decay"] == 1e-3
+    for key, value in extra.items():
+        assert group[key] == value
+
+
+@pytest.mark.parametrize("smooth_grad", ["none", "attacker", "optimizer", "both"])
+def test_every_row_of_sat_table1_trains(tmp_path, smooth_grad):
+    config = tiny_config(model={"activation": "relu", "smooth_grad": smooth_grad}, epochs=1,
+                         data={"train_subset": 128})
+    result = quiet_train(config, tmp_path / smooth_grad)
+    assert math.isfinite(result.history[0]["loss"])
+    model = load_model(tmp_path / smooth_grad)
+    surrogates = [m for m in model.modules() if isinstance(m, SurrogateReLU)]
+    assert bool(surrogates) == (smooth_grad != "none")
+
+
+def test_smooth_attacker_gradient_changes_the_crafted_example():
+    torch.manual_seed(0)
+    model = build_model("cnn-small", "relu", smooth_grad="attacker", in_channels=1,
+                        mean=(0.5,), std=(0.5,)).eval()
+    images, labels = torch.rand(16, 1, 32, 32), torch.randint(0, 10, (16,))
+    exact, _ = perturb(model, images, labels, 8 / 255, 1)
+    with gradient_phase(model, ATTACKER):
+        smooth, _ = perturb(model, images, labels, 8 / 255, 1)
+    assert not torch.equal(exact, smooth)
+
+
+def test_label_smoothing_enters_the_training_loss_only(tmp_path):
+    losses = {}
+    for smoothing in (0.0, 0.3):
+        config = tiny_config(optim={"label_smoothing": smoothing}, epochs=1,
+                             data={"train_subset": 128})
+        losses[smoothing] = quiet_train(config, tmp_path / str(smoothing)).history[0]["loss"]
+    assert losses[0.3] != losses[0.0]
+
+
+def test_amp_setting_is_ignored_on_cpu(tmp_path):
+    config = tiny_config(amp=True, epochs=1, device="cpu", data={"train_subset": 128})
+    plain = tiny_config(amp=False, epochs=1, device="cpu", data={"train_subset": 128})
+    with_amp = quiet_train(config, tmp_path / "amp").history[0]["loss"]
+    without = quiet_train(plain, tmp_path / "plain").history[0]["loss"]
+    assert with_amp == without
