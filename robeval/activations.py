@@ -121,6 +121,31 @@ def gradient_phase(model: nn.Module, phase: str) -> Iterator[None]:
             module.phase = old
 
 
+@contextmanager
+def smooth_relu_gradients(model: nn.Module, alpha: float = 10.0) -> Iterator[None]:
+    """Within the block, every ReLU of `model` back-propagates as parametric Softplus (SAT §3.2).
+
+    The forward pass is unchanged; modules are swapped in place and restored afterwards. Works
+    on any model whose ReLUs are `nn.ReLU` or `SurrogateReLU` modules.
+    """
+    swapped = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) in (nn.ReLU, SurrogateReLU):
+                surrogate = SurrogateReLU(alpha, smooth_attacker=True)
+                surrogate.phase = ATTACKER
+                setattr(parent, name, surrogate)
+                swapped.append((parent, name, child))
+    if not swapped:
+        raise RobevalError("smooth-gradient attacks need a model with ReLU modules (nn.ReLU); "
+                           "this model has none")
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
 SMOOTH_GRAD_MODES = {
     "none": (False, False),
     "attacker": (True, False),

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from robeval.errors import RobevalError
+from robeval.spec import parse_eps
 
 # (option, config section or None for top level, field, type, help)
 TRAIN_OPTIONS = [
@@ -113,6 +114,54 @@ def train(preset, config_file, out, resume, force, quiet, list_names, **params) 
     click.echo(history_table(result.history))
     click.echo(f"best checkpoint: {out_dir / 'best.pt'} (epoch {result.best_epoch}, "
                f"val PGD acc {100 * (result.best_val_pgd_acc or 0):.1f}%)")
+
+
+@cli.command()
+@click.argument("model_spec", metavar="MODEL")
+@click.option("--suite", default="pgd1,pgd200,aa", show_default=True,
+              help="attacks, e.g. fgsm,pgd10,pgd200(step=1/255,restarts=2),aa")
+@click.option("--eps", default=None, help="radius in [0,1] units (default: the model's training ε)")
+@click.option("--norm", default=None, help="linf or l2 (default: the model's)")
+@click.option("--n", "n_images", type=int, default=1000, show_default=True,
+              help="evaluate the first N test images")
+@click.option("--batch-size", default="auto", show_default=True, help="auto or a number")
+@click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu")
+@click.option("--dataset", default=None, help="default: the model's training dataset")
+@click.option("--data-dir", default=None, help="folder with the official dataset files")
+@click.option("--db", default="reports/robeval.sqlite", show_default=True,
+              help="results store (SQLite)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--mode", default="cascade", show_default=True,
+              help="cascade (attack only still-robust points) or independent")
+@click.option("--arch", default=None, help="architecture of a plain state_dict file")
+@click.option("--activation", default=None, help="activation of a plain state_dict file")
+@click.option("--model-dir", default="models", show_default=True,
+              help="RobustBench model folder (for robustbench:NAME)")
+@click.option("--fresh", is_flag=True, help="discard stored outcomes of this evaluation")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, data_dir, db,
+           seed, mode, arch, activation, model_dir, fresh, quiet) -> None:
+    """Evaluate MODEL (run folder, checkpoint, state_dict + --arch, robustbench:NAME)."""
+    from robeval.evaluate import EvalConfig, evaluate, format_summary
+    from robeval.results import ResultsStore
+    from robeval.sources import load_source
+    from robeval.train.loop import resolve_device
+
+    if batch_size != "auto" and not batch_size.isdigit():
+        raise RobevalError(f"--batch-size must be auto or a positive number, not {batch_size!r}")
+    parsed_eps = None if eps is None else parse_eps(eps)
+    source = load_source(model_spec, arch=arch, activation=activation, dataset=dataset,
+                         model_dir=model_dir, eps=parsed_eps, norm=norm,
+                         device=resolve_device(device))
+    config = EvalConfig(suite=suite, eps=parsed_eps, norm=norm, n=n_images,
+                        batch_size=batch_size, seed=seed, mode=mode, dataset=dataset,
+                        data_dir=data_dir, device=device)
+    store = ResultsStore(db)
+    result = evaluate(source, config, store, fresh=fresh, progress=not quiet, log=click.echo)
+    n_done = int(result.summary.loc["clean", "n"])
+    click.echo(f"{source.name} on {n_done} images ({mode}); outcomes in {db} (run "
+               f"{result.run_id})")
+    click.echo(format_summary(result.summary))
 
 
 def default_run_name(config) -> str:

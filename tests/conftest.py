@@ -34,3 +34,25 @@ def _offline_and_seeded(monkeypatch):
     """Tests never download anything and start from a known RNG state."""
     monkeypatch.setenv("ROBEVAL_OFFLINE", "1")
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_cifar_run(cifar10_mini_dir, tmp_path_factory):
+    """A cnn-small (ReLU) PGD-1-trained for 3 epochs on cifar10-mini: a real, weakly robust model."""
+    from robeval.train import resolve_config, train
+
+    config = resolve_config("ci-small", overrides={
+        "data": {"dataset": "cifar10", "data_dir": str(cifar10_mini_dir), "val_size": 200},
+        "model": {"activation": "relu"}, "epochs": 3, "seed": 0})
+    out = tmp_path_factory.mktemp("runs") / "cifar-relu-pgd1"
+    train(config, out, progress=False, log=lambda _: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def cifar_test_batch(cifar10_mini_dir):
+    """The first 256 cifar10-mini test images in [0,1] and their labels."""
+    from robeval.data import load_test_set
+
+    test = load_test_set("cifar10", cifar10_mini_dir, 256)
+    return test.images.float() / 255, test.labels

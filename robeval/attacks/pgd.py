@@ -7,12 +7,17 @@ accumulate gradients while an example is crafted; inputs stay in [0,1].
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robeval.activations import smooth_relu_gradients
+from robeval.attacks.base import evaluate_examples, margins
 from robeval.attacks.steps import get_norm
+from robeval.errors import RobevalError
+from robeval.spec import format_spec
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-sample loss
 
@@ -61,3 +66,144 @@ def perturb(model: nn.Module, images: Tensor, labels: Tensor, eps: float, steps:
         with torch.no_grad():
             first_logits = model(images + delta)
     return (images + delta).detach(), first_logits
+
+
+# --- evaluation attack -----------------------------------------------------------------------
+
+def eval_step_size(eps: float, steps: int) -> float:
+    """Default evaluation step: ε for one step, else max(ε/4, 2.5ε/K).
+
+    ε/4 is the step of Bag of Tricks' PGD-10 (2/255 at ε=8/255) and of SAT's PGD-200
+    (1/255 at ε=4/255); 2.5ε/K (Madry et al.) takes over for few steps so that K steps can
+    still cross the ball.
+    """
+    return eps if steps == 1 else max(eps / 4, 2.5 * eps / steps)
+
+
+class PGDAttack:
+    """PGD-K with restarts, CE/DLR/margin losses and a targeted option (FGSM is PGD-1).
+
+    A sample is broken as soon as any iterate is misclassified; broken samples leave the
+    batch, so only still-robust samples cost compute. For robust samples the iterate with the
+    lowest margin is returned. With `smooth`, gradients are those of the network with its
+    ReLUs replaced by parametric Softplus (SAT §3.2); the forward pass is unchanged.
+    """
+
+    def __init__(self, threat, steps: int, step: float | None = None, restarts: int = 1,
+                 random_start: bool = True, loss: str = "ce", targeted: bool = False,
+                 smooth: bool = False, name: str | None = None):
+        from robeval.attacks.losses import LOSSES
+
+        self.eps, self.norm = threat.eps, threat.norm
+        self.steps, self.restarts = int(steps), int(restarts)
+        self.step = eval_step_size(self.eps, self.steps) if step is None else float(step)
+        self.random_start, self.targeted, self.smooth = bool(random_start), bool(targeted), smooth
+        self.loss_name = LOSSES.resolve(loss)
+        self.loss_fn = LOSSES.get(loss)
+        if self.steps < 1 or self.restarts < 1:
+            raise RobevalError("PGD needs steps >= 1 and restarts >= 1")
+        self.spec = format_spec(name or f"pgd{self.steps}" + ("-smooth" if smooth else ""),
+                                self._non_default_options(name == "fgsm"))
+
+    def _non_default_options(self, fgsm: bool) -> dict:
+        """The options that differ from the defaults (which ε and K determine), for the spec."""
+        options = {"step": round(self.step, 8), "restarts": self.restarts,
+                   "random_start": self.random_start, "loss": self.loss_name,
+                   "targeted": self.targeted}
+        defaults = {"step": round(eval_step_size(self.eps, self.steps), 8), "restarts": 1,
+                    "random_start": not fgsm, "loss": "ce", "targeted": False}
+        return {key: value for key, value in options.items() if value != defaults[key]}
+
+    @classmethod
+    def from_spec(cls, steps: int, smooth: bool, threat, options: dict) -> PGDAttack:
+        """`pgdK[-smooth](step=..., restarts=..., loss=..., targeted=..., random_start=...)`."""
+        allowed = {"step", "restarts", "loss", "targeted", "random_start"}
+        unknown = set(options) - allowed
+        if unknown:
+            raise RobevalError(f"pgd{steps} has no option {', '.join(sorted(unknown))}; "
+                               f"options: {', '.join(sorted(allowed))}")
+        return cls(threat, steps, smooth=smooth, **options)
+
+    def run(self, model: nn.Module, images: Tensor, labels: Tensor, seed: int):
+        """Attack a batch; returns per-sample outcomes (see `AttackOutcome`)."""
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        try:
+            context = smooth_relu_gradients(model) if self.smooth else nullcontext()
+            with context:
+                best, iterations = self._attack(model, images, labels)
+        finally:
+            torch.random.set_rng_state(generator_state)
+        return evaluate_examples(model, best, images, labels, self.norm, iterations.cpu())
+
+    def _targets(self, model: nn.Module, images: Tensor, labels: Tensor) -> Tensor | None:
+        if not self.targeted:
+            return None
+        with torch.no_grad():
+            logits = model(images)
+        logits.scatter_(1, labels[:, None], float("-inf"))
+        return logits.argmax(1)  # the most likely wrong class
+
+    def _attack(self, model: nn.Module, images: Tensor, labels: Tensor):
+        geometry = get_norm(self.norm)
+        targets = self._targets(model, images, labels)
+        best = images.clone()
+        best_margin = torch.full((len(images),), float("inf"), device=images.device)
+        iterations = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        active = torch.arange(len(images), device=images.device)
+        for restart in range(self.restarts):
+            if len(active) == 0:
+                break
+            x, y = images[active], labels[active]
+            t = None if targets is None else targets[active]
+            if self.random_start:
+                delta = geometry.random_start(x.shape, self.eps, x)
+            else:
+                delta = torch.zeros_like(x)
+            delta = (x + delta).clamp(0, 1) - x
+            index = active
+            for step in range(self.steps + 1):
+                delta.requires_grad_(True)
+                logits = model(x + delta)
+                with torch.no_grad():
+                    margin = margins(logits, y)
+                    better = margin < best_margin[index]
+                    best[index[better]] = (x + delta)[better].detach()
+                    best_margin[index[better]] = margin[better]
+                    iterations[index] += 1 if step > 0 else 0
+                    keep = logits.argmax(1) == y
+                if step == self.steps or not keep.any():
+                    break
+                loss = self.loss_fn(logits, y, t).sum()
+                (grad,) = torch.autograd.grad(loss, delta)
+                with torch.no_grad():
+                    delta = delta.detach()[keep]
+                    x, y, grad, index = x[keep], y[keep], grad[keep], index[keep]
+                    t = None if t is None else t[keep]
+                    delta = geometry.project(geometry.step(delta, grad, self.step), self.eps)
+                    delta = (x + delta).clamp(0, 1) - x
+            still_robust = torch.zeros(len(images), dtype=torch.bool, device=images.device)
+            still_robust[index[keep]] = True
+            active = active[still_robust[active]]
+        return best, iterations
+
+
+
+
+def _fgsm(threat, options: dict) -> PGDAttack:
+    """FGSM: one step of size ε from the clean image (options as for pgdK)."""
+    options = {"random_start": False, **options}
+    allowed = {"step", "loss", "targeted", "random_start"}
+    if set(options) - allowed:
+        unknown = ", ".join(sorted(set(options) - allowed))
+        raise RobevalError(f"fgsm has no option {unknown}; options: {', '.join(sorted(allowed))}")
+    return PGDAttack(threat, 1, name="fgsm", **options)
+
+
+def _register() -> None:
+    from robeval.attacks.base import ATTACKS
+
+    ATTACKS.add("fgsm", _fgsm)
+
+
+_register()

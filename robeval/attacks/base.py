@@ -1,0 +1,133 @@
+"""What every attack returns, the attack registry, and the suite grammar.
+
+A suite is a comma-separated list of attack specs, each a name with optional options in
+parentheses: `fgsm,pgd10,pgd200(step=1/255,restarts=2,loss=dlr),aa`. `pgdK` works for any K.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from robeval.errors import RobevalError, UnknownNameError
+from robeval.registry import Registry, canonical
+from robeval.spec import format_spec, parse_spec
+
+
+@dataclass
+class AttackOutcome:
+    """Per-sample results of one attack on one batch (CPU tensors of length N)."""
+
+    robust: Tensor                      # bool: no iterate was misclassified
+    margin: Tensor                      # logit[y] − max other logit at the returned example
+    perturbation_norm: Tensor           # ‖x_adv − x‖ in the threat model's norm
+    iterations: Tensor | None = None    # gradient steps (or queries) spent per sample, if known
+    adversarial: Tensor | None = field(default=None, repr=False)  # the returned examples
+
+
+class Attack(Protocol):
+    """An attack bound to its threat model: `run(model, images, labels, seed)`."""
+
+    spec: str
+
+    def run(self, model: nn.Module, images: Tensor, labels: Tensor, seed: int) -> AttackOutcome: ...
+
+
+@dataclass(frozen=True)
+class ThreatModel:
+    """The perturbation set: radius ε in [0,1] pixel units and the norm."""
+
+    eps: float
+    norm: str = "linf"
+
+
+AttackFactory = Callable[[ThreatModel, dict], Attack]  # factory(threat, options) -> Attack
+
+ATTACKS: Registry[AttackFactory] = Registry("attack")
+_PGD_NAME = re.compile(r"^pgd(\d+)(-smooth)?$")
+
+
+def margins(logits: Tensor, labels: Tensor) -> Tensor:
+    """logit of the true class minus the largest other logit (negative: misclassified)."""
+    true = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.clone()
+    others.scatter_(1, labels[:, None], float("-inf"))
+    return true - others.amax(1)
+
+
+def split_suite(text: str) -> list[str]:
+    """Split a suite at the commas that are not inside parentheses."""
+    items, depth, current = [], 0, []
+    for char in text:
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth < 0:
+                raise RobevalError(f"malformed suite {text!r}: unbalanced ')'")
+        if char == "," and depth == 0:
+            items.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    if depth:
+        raise RobevalError(f"malformed suite {text!r}: unbalanced '('")
+    items.append("".join(current))
+    if any(not item.strip() for item in items):
+        raise RobevalError(f"malformed suite {text!r}: empty attack between commas")
+    return [item.strip() for item in items]
+
+
+def attack_names() -> list[str]:
+    """Known attack names, with the `pgdK` and `pgdK-smooth` patterns."""
+    return ATTACKS.names() + ["pgdK", "pgdK-smooth"]
+
+
+def build_attack(text: str, threat: ThreatModel) -> Attack:
+    """One attack from its spec, e.g. `pgd200(step=1/255,restarts=2)` or `apgd-t`."""
+    name, options = parse_spec(text)
+    key = canonical(name)
+    match = _PGD_NAME.match(key)
+    if match:
+        from robeval.attacks.pgd import PGDAttack
+
+        return PGDAttack.from_spec(int(match.group(1)), bool(match.group(2)), threat, options)
+    if key not in ATTACKS:
+        raise UnknownNameError(f"unknown attack {name!r}; known: {', '.join(attack_names())}")
+    return ATTACKS.get(key)(threat, options)
+
+
+def parse_suite(text: str, threat: ThreatModel) -> list[Attack]:
+    """All attacks of a suite, in order; errors name the bad part."""
+    attacks = [build_attack(item, threat) for item in split_suite(text)]
+    specs = [attack.spec for attack in attacks]
+    if len(set(specs)) != len(specs):
+        raise RobevalError(f"suite {text!r} names the same attack twice")
+    return attacks
+
+
+def spec_string(name: str, options: dict) -> str:
+    """The canonical spec of an attack (name plus its resolved options)."""
+    return format_spec(name, options)
+
+
+def perturbation_norms(adversarial: Tensor, images: Tensor, norm: str) -> Tensor:
+    """Per-sample ‖x_adv − x‖ in the given norm."""
+    delta = (adversarial - images).flatten(1)
+    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+
+
+@torch.no_grad()
+def evaluate_examples(model: nn.Module, adversarial: Tensor, images: Tensor, labels: Tensor,
+                      norm: str, iterations: Tensor | None = None) -> AttackOutcome:
+    """The outcome of given adversarial examples: robust if still classified correctly."""
+    logits = model(adversarial)
+    margin = margins(logits, labels)
+    return AttackOutcome(robust=(logits.argmax(1) == labels).cpu(), margin=margin.float().cpu(),
+                         perturbation_norm=perturbation_norms(adversarial, images, norm).cpu(),
+                         iterations=iterations, adversarial=adversarial)

@@ -1,0 +1,278 @@
+"""The evaluation engine: a suite of attacks over a test set, batch by batch, into the store.
+
+Each batch is classified clean, then attacked by each attack of the suite in turn. In the
+default `cascade` mode an attack only sees the points still robust after the earlier ones
+(the AutoAttack way: only still-robust points cost compute, and the last row is the worst
+case); in `independent` mode every attack sees every clean-correct point, which gives each
+attack's own accuracy. Every batch is committed to the results store in one transaction, so
+an interrupted evaluation resumes at the first unfinished batch and ends with the same
+per-sample outcomes; randomness is seeded per run, batch and attack.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from robeval.attacks import Attack, ThreatModel, parse_suite
+from robeval.data import dataset_info, load_test_set
+from robeval.errors import RobevalError
+from robeval.results import OutcomeRow, ResultsStore, RunRecord, SampleRow
+from robeval.sources import ModelSource
+from robeval.spec import parse_eps
+from robeval.train.loop import resolve_device
+
+MODES = ("cascade", "independent")
+CPU_BATCH_SIZE = 256          # `auto` on CPU: no memory to probe, a size that keeps caches warm
+GPU_START_BATCH_SIZE = 4096   # `auto` on GPU: first size tried, halved until it fits
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What to evaluate a model on; unset fields default to what the model was trained with."""
+
+    suite: str = "pgd1,pgd200,aa"
+    eps: float | None = None           # [0,1] pixel units; None: the model's training ε
+    norm: str | None = None            # linf | l2; None: the model's training norm
+    n: int | None = 1000               # the first n test images (RobustBench convention)
+    batch_size: int | str = "auto"     # images per batch, or auto (largest that fits)
+    seed: int = 0
+    mode: str = "cascade"              # cascade | independent
+    dataset: str | None = None         # None: the model's training dataset (else cifar10)
+    data_dir: str | None = None
+    device: str = "auto"
+
+
+@dataclass
+class EvalResult:
+    """Where the outcomes are and what they add up to."""
+
+    run_id: int
+    store: ResultsStore
+    summary: pd.DataFrame
+    batches_resumed: int
+
+
+@dataclass(frozen=True)
+class ResolvedEval:
+    """An `EvalConfig` with every default filled in from the model."""
+
+    suite: str
+    eps: float
+    norm: str
+    n: int
+    seed: int
+    mode: str
+    dataset: str
+    data_dir: str | None
+
+
+def resolve(config: EvalConfig, source: ModelSource) -> ResolvedEval:
+    """Fill ε, norm and dataset from the model; check they are consistent."""
+    if config.mode not in MODES:
+        raise RobevalError(f"unknown mode {config.mode!r}; known: {', '.join(MODES)}")
+    dataset = config.dataset or source.dataset or "cifar10"
+    eps = parse_eps(config.eps) if config.eps is not None else source.eps
+    if eps is None:
+        raise RobevalError(f"{source.name} does not record its ε: pass --eps (e.g. 8/255)")
+    norm = (config.norm or source.norm or "linf").lower()
+    classes = dataset_info(dataset).num_classes
+    if classes != source.num_classes:
+        raise RobevalError(f"{source.name} has {source.num_classes} classes but {dataset} has "
+                           f"{classes}: pass the --dataset it was trained on")
+    n = config.n if config.n is not None else 10**9
+    if n < 1:
+        raise RobevalError("--n must be at least 1")
+    return ResolvedEval(config.suite, eps, norm, n, config.seed, config.mode, dataset,
+                        config.data_dir)
+
+
+def batch_seed(seed: int, batch: int, position: int) -> int:
+    """The seed of one attack on one batch: fixed by the run seed, batch and attack."""
+    return (seed * 1_000_003 + batch * 1_009 + position) % 2**31
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries that decide the numbers."""
+    versions = {}
+    for package in ("robeval", "torch", "pyautoattack", "robustbench", "timm"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the robeval source tree, when it is a git checkout."""
+    try:
+        output = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return output.stdout.strip() or None if output.returncode == 0 else None
+
+
+def run_key(source: ModelSource, plan: ResolvedEval, specs: list[str], batch_size: str) -> str:
+    """Identity of an evaluation: the same command on the same model gives the same key."""
+    identity = {"model": source.checkpoint_hash or source.name, "attacks": specs,
+                "eps": round(plan.eps, 10), "norm": plan.norm, "n": plan.n, "seed": plan.seed,
+                "mode": plan.mode, "dataset": plan.dataset, "batch_size": batch_size}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def find_batch_size(model: nn.Module, sample: Tensor, labels: Tensor, limit: int) -> int:
+    """The largest batch (halving from a start) whose forward+backward fits in GPU memory."""
+    if sample.device.type != "cuda":
+        return min(CPU_BATCH_SIZE, limit)
+    size = min(GPU_START_BATCH_SIZE, limit)
+    while size >= 1:
+        try:
+            images = sample[:1].expand(size, *sample.shape[1:]).clone().requires_grad_(True)
+            loss = nn.functional.cross_entropy(model(images), labels[:1].expand(size))
+            torch.autograd.grad(loss, images)
+            return size
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            size //= 2
+    raise RobevalError("not even one image fits in GPU memory: use --device cpu")
+
+
+def attack_points(attack: Attack, model: nn.Module, images: Tensor, labels: Tensor,
+                  seed: int, chunk: int) -> tuple[list, int]:
+    """Run `attack` in chunks of at most `chunk` points, halving the chunk on GPU OOM."""
+    while True:
+        try:
+            outcomes = [attack.run(model, images[i:i + chunk], labels[i:i + chunk], seed + i)
+                        for i in range(0, len(images), chunk)]
+            return outcomes, chunk
+        except torch.cuda.OutOfMemoryError:
+            if chunk == 1:
+                raise
+            torch.cuda.empty_cache()
+            chunk //= 2
+
+
+def evaluate_batch(model: nn.Module, attacks: list[Attack], images: Tensor, labels: Tensor,
+                   first_index: int, batch: int, plan: ResolvedEval, chunk: int):
+    """Clean predictions and every attack's per-sample outcome for one batch."""
+    with torch.no_grad():
+        clean_pred = model(images).argmax(1)
+    clean_correct = clean_pred == labels
+    still_robust = clean_correct.clone()
+    indices = range(first_index, first_index + len(labels))
+    samples = [SampleRow(i, int(y), int(p)) for i, y, p in zip(indices, labels.tolist(),
+                                                                clean_pred.tolist(), strict=True)]
+    rows, seconds = [], {}
+    for position, attack in enumerate(attacks):
+        targets = (still_robust if plan.mode == "cascade" else clean_correct).nonzero().flatten()
+        started = time.perf_counter()
+        results, chunk = attack_points(attack, model, images[targets], labels[targets],
+                                       batch_seed(plan.seed, batch, position), chunk)
+        if images.device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds[position] = time.perf_counter() - started
+        rows.extend(outcome_rows(first_index, len(labels), position, targets, results))
+        if results:
+            survived = torch.cat([result.robust for result in results]).to(targets.device)
+            still_robust[targets[~survived]] = False
+    return samples, rows, seconds, chunk
+
+
+def outcome_rows(first_index: int, size: int, position: int, targets: Tensor,
+                 results: list) -> list[OutcomeRow]:
+    """One row per sample of the batch: attacked points get their outcome, others 'skipped'."""
+    attacked = {}
+    offset = 0
+    for result in results:
+        iterations = result.iterations
+        for j in range(len(result.robust)):
+            attacked[int(targets[offset + j])] = OutcomeRow(
+                0, position, "robust" if bool(result.robust[j]) else "broken",
+                float(result.margin[j]), float(result.perturbation_norm[j]),
+                None if iterations is None else int(iterations[j]))
+        offset += len(result.robust)
+    rows = []
+    for local in range(size):
+        row = attacked.get(local) or OutcomeRow(0, position, "skipped", None, None, None)
+        row.index = first_index + local
+        rows.append(row)
+    return rows
+
+
+def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Eval mode, on the device, parameters frozen so attacks never accumulate gradients."""
+    model = model.to(device).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return model
+
+
+def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore, fresh: bool = False,
+             progress: bool = True, log: Callable[[str], None] = print) -> EvalResult:
+    """Evaluate `source.model` against `config.suite`; outcomes go to `store` batch by batch."""
+    plan = resolve(config, source)
+    device = resolve_device(config.device)
+    attacks = parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm))
+    test = load_test_set(plan.dataset, plan.data_dir, plan.n)
+    info = dataset_info(plan.dataset)
+    if tuple(test.images.shape[1:]) != (info.channels, info.image_size, info.image_size):
+        raise RobevalError(f"test images of {plan.dataset} have shape {tuple(test.images.shape[1:])}")
+    images, labels = test.images.to(device), test.labels.to(device)
+    model = prepare_model(source.model, device)
+    specs = [attack.spec for attack in attacks]
+    requested = str(config.batch_size)
+    key = run_key(source, plan, specs, requested)
+    run_id = store.find_run(key)
+    batch_size = None if run_id is None or fresh else store.run_record(run_id).batch_size
+    if batch_size is None:
+        batch_size = (find_batch_size(model, images[:1].float() / 255, labels[:1], len(labels))
+                      if requested == "auto" else int(requested))
+    record = RunRecord(model=source.name, checkpoint_hash=source.checkpoint_hash,
+                       config={"eval": asdict(config) | {"eps": plan.eps, "norm": plan.norm,
+                                                         "dataset": plan.dataset},
+                               "model": source.config},
+                       dataset=plan.dataset, n=len(labels), eps=plan.eps, norm=plan.norm,
+                       seed=plan.seed, batch_size=batch_size, mode=plan.mode, attacks=specs,
+                       versions=library_versions(), device=str(device), git_commit=git_commit())
+    run_id = store.open_run(key, record, fresh=fresh)
+    done = store.done_batches(run_id)
+    n_batches = -(-len(labels) // batch_size)
+    if done:
+        log(f"resuming: {len(done)} of {n_batches} batches already in {store.path}")
+    chunk = batch_size
+    bar = tqdm(range(n_batches), desc="batches", disable=not progress, unit="batch")
+    for batch in bar:
+        if batch in done:
+            continue
+        start = batch * batch_size
+        x = images[start:start + batch_size].float() / 255
+        y = labels[start:start + batch_size]
+        samples, rows, seconds, chunk = evaluate_batch(model, attacks, x, y, start, batch, plan,
+                                                       chunk)
+        store.write_batch(run_id, batch, samples, rows, seconds)
+    store.finish_run(run_id)
+    return EvalResult(run_id, store, store.summary(run_id), len(done))
+
+
+def format_summary(summary: pd.DataFrame) -> str:
+    """The summary as a fixed-width table: accuracy with its 95% interval and time."""
+    table = pd.DataFrame({
+        "accuracy (%)": (100 * summary["accuracy"]).map("{:.2f}".format),
+        "95% CI": [f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+                   for lo, hi in zip(summary["ci_low"], summary["ci_high"], strict=True)],
+        "n": summary["n"],
+        "time (s)": summary["seconds"].map(lambda s: "-" if pd.isna(s) else f"{s:.1f}"),
+    }, index=summary.index)
+    return table.to_string()
