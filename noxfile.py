@@ -30,10 +30,12 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The README's main job: a short smooth adversarial training run on the embedded digits."""
+    """The README's main job: train with PGD-1 on the embedded digits, then attack the model."""
     install_robeval(session)
     session.run("robeval", "train", "--preset", "ci-small", "--out", "checkpoints/quickstart",
-                "--force", *session.posargs)
+                "--force")
+    session.run("robeval", "attack", "checkpoints/quickstart", "--suite", "fgsm,pgd10,apgd-ce",
+                "--n", "300", *session.posargs)
 
 
 @nox.session

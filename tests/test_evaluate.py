@@ -179,3 +179,32 @@ def test_engine_refuses_an_unknown_mode_before_loading_data(trained_cifar_run):
     source = load_source(str(trained_cifar_run))
     with pytest.raises(RobevalError, match="unknown mode"):
         evaluate(source, EvalConfig(mode="sideways"), None, progress=False)
+
+
+class ChunkLimitedAttack:
+    """Raises CUDA's out-of-memory error for chunks above a size, like a small GPU would."""
+
+    spec = "limited"
+
+    def __init__(self, limit: int):
+        self.limit, self.sizes = limit, []
+
+    def run(self, model, images, labels, seed):
+        from robeval.attacks.base import evaluate_examples
+
+        if len(images) > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        self.sizes.append(len(images))
+        return evaluate_examples(model, images, images, labels, "linf")
+
+
+def test_out_of_memory_halves_the_chunk_instead_of_failing():
+    from robeval.evaluate import attack_points
+    from robeval.models import build_model
+
+    model = build_model("cnn-small", in_channels=1, mean=(0.5,), std=(0.5,)).eval()
+    images, labels = torch.rand(40, 1, 32, 32), torch.randint(0, 10, (40,))
+    attack = ChunkLimitedAttack(limit=12)
+    results, chunk = attack_points(attack, model, images, labels, seed=0, chunk=40)
+    assert chunk == 10 and attack.sizes == [10, 10, 10, 10]
+    assert sum(len(r.robust) for r in results) == 40

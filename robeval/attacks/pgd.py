@@ -151,7 +151,7 @@ class PGDAttack:
         best_margin = torch.full((len(images),), float("inf"), device=images.device)
         iterations = torch.zeros(len(images), dtype=torch.long, device=images.device)
         active = torch.arange(len(images), device=images.device)
-        for restart in range(self.restarts):
+        for _ in range(self.restarts):
             if len(active) == 0:
                 break
             x, y = images[active], labels[active]
