@@ -333,3 +333,43 @@ def test_amp_setting_is_ignored_on_cpu(tmp_path):
     with_amp = quiet_train(config, tmp_path / "amp").history[0]["loss"]
     without = quiet_train(plain, tmp_path / "plain").history[0]["loss"]
     assert with_amp == without
+
+
+def test_history_records_gradient_diagnostics_on_a_fixed_batch(tmp_path):
+    result = quiet_train(tiny_config(epochs=1, diagnostics_batch=32), tmp_path / "run")
+    row = read_jsonl(tmp_path / "run" / "history.jsonl")[0]
+    for key in ("diag_R_fgsm_mean", "diag_R_pgd_mean", "diag_grad_l1_mean", "diag_grad_l2_mean",
+                "diag_grad_alignment_mean", "diag_loss_gap_mean", "diag_fgsm_acc",
+                "diag_pgd10_acc"):
+        assert math.isfinite(row[key]), key
+    assert row["diag_pgd10_acc"] <= row["diag_fgsm_acc"] + 0.1
+    assert row["collapse"] is False and result.history[0]["collapse"] is False
+    off = quiet_train(tiny_config(epochs=1, diagnostics_batch=0), tmp_path / "off")
+    assert "diag_R_fgsm_mean" not in off.history[0]
+
+
+def test_collapse_needs_pgd_to_fall_while_fgsm_stays_high():
+    history = [{"diag_pgd10_acc": 0.40, "diag_fgsm_acc": 0.50}]
+    assert loop.collapsed(history, {"diag_pgd10_acc": 0.05, "diag_fgsm_acc": 0.70})
+    assert not loop.collapsed(history, {"diag_pgd10_acc": 0.05, "diag_fgsm_acc": 0.10})
+    assert not loop.collapsed(history, {"diag_pgd10_acc": 0.35, "diag_fgsm_acc": 0.70})
+    assert not loop.collapsed([], {"diag_pgd10_acc": 0.0, "diag_fgsm_acc": 0.9})
+    assert not loop.collapsed(history, {"loss": 1.0})
+
+
+def test_stop_on_collapse_ends_the_run_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
+    accuracies = iter([(0.40, 0.45), (0.42, 0.50), (0.02, 0.80), (0.01, 0.85)])
+
+    def fake_diagnostics(model, batch, config, seed):
+        pgd, fgsm = next(accuracies)
+        return {"diag_pgd10_acc": pgd, "diag_fgsm_acc": fgsm}
+
+    monkeypatch.setattr(loop, "epoch_diagnostics", fake_diagnostics)
+    scores = iter([0.3, 0.35, 0.1, 0.05])
+    monkeypatch.setattr(loop, "validate",
+                        lambda *a, **k: {"val_clean_acc": 0.9, "val_pgd_acc": next(scores)})
+    config = tiny_config(epochs=4, stop_on_collapse=True)
+    result = quiet_train(config, tmp_path / "run")
+    assert [row["collapse"] for row in result.history] == [False, False, True]
+    assert result.stopped_early and result.best_epoch == 2
+    assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 2

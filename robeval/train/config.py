@@ -72,6 +72,8 @@ class TrainConfig:
     val_pgd_steps: int = 10          # validation attack: PGD-K, step ε/4, random start
     val_batch_size: int = 256
     early_stop_patience: int | None = None  # stop after N epochs without a better val PGD acc
+    diagnostics_batch: int = 128     # fixed training images for per-epoch gradient diagnostics (0: off)
+    stop_on_collapse: bool = False   # end the run when catastrophic overfitting is flagged
     preset: str | None = None        # the preset this config started from, for the record
 
     @property
@@ -238,6 +240,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                   "schedule": "onecycle"},
         "epochs": 4,
         "val_pgd_steps": 5,
+        "diagnostics_batch": 64,
     },
 }
 

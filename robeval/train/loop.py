@@ -173,6 +173,44 @@ def validate(model: nn.Module, source: BatchSource, eps: float, steps: int, norm
     return {"val_clean_acc": clean / total, "val_pgd_acc": robust / total}
 
 
+def fixed_batch(source: BatchSource, size: int):
+    """The same `size` training images every epoch (the first batch of a seed-0 pass)."""
+    return next(iter(source.batches(size, seed=0, shuffle=False)))
+
+
+def epoch_diagnostics(model: nn.Module, batch, config: TrainConfig, seed: int) -> dict:
+    """Gradient quality and FGSM/PGD-10 accuracy on the fixed batch, as flat history fields."""
+    from robeval.attacks import ThreatModel, build_attack
+    from robeval.diagnostics.gradients import gradient_diagnostics, summary_dict
+
+    images, labels = batch
+    eps, norm = config.adversary.eps, config.adversary.norm
+    model.eval()
+    values = summary_dict(gradient_diagnostics(model, images, labels, eps, norm, seed=seed))
+    threat = ThreatModel(eps, norm)
+    with torch.no_grad():
+        clean = model(images).argmax(1) == labels
+    for name in ("fgsm", "pgd10"):
+        outcome = build_attack(name, threat).run(model, images[clean], labels[clean], seed)
+        values[f"diag_{name}_acc"] = float(outcome.robust.sum()) / len(labels)
+    model.train()
+    return {f"diag_{k}" if not k.startswith("diag_") else k: v for k, v in values.items()}
+
+
+def collapsed(history: list[dict], row: dict) -> bool:
+    """Catastrophic overfitting: PGD accuracy on the fixed training batch collapses while FGSM's stays high.
+
+    Flagged when the PGD-10 accuracy fell by at least 10 points and below half of its best so
+    far, while FGSM accuracy on the same images is at least 20 points above it (FGSM still
+    "succeeds" at training, the multi-step attacker does not: Wong et al., 2020).
+    """
+    if "diag_pgd10_acc" not in row:
+        return False
+    best = max([r.get("diag_pgd10_acc", 0.0) for r in history] + [row["diag_pgd10_acc"]])
+    pgd, fgsm = row["diag_pgd10_acc"], row["diag_fgsm_acc"]
+    return best - pgd >= 0.10 and pgd < 0.5 * best and fgsm - pgd >= 0.20
+
+
 def _state(model, optimizer, config, epoch, best) -> dict:
     return {"format": "robeval-train-state/1", "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "epoch": epoch, "best": best,
@@ -217,6 +255,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         history = read_jsonl(out / "history.jsonl")[:start]
         log(f"resuming {out} after epoch {start}")
     result = TrainResult(out, history, best["epoch"], best["val_pgd_acc"])
+    probe = fixed_batch(data.train, config.diagnostics_batch) if config.diagnostics_batch else None
     for epoch in range(start, config.epochs):
         started = time.perf_counter()
         torch.manual_seed(epoch_seed(config.seed, epoch))
@@ -225,6 +264,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         row.update(validate(model, val_source, config.adversary.eps, config.val_pgd_steps,
                             config.adversary.norm, config.val_batch_size,
                             epoch_seed(config.seed, epoch) + 1))
+        if probe is not None:
+            row.update(epoch_diagnostics(model, probe, config, epoch_seed(config.seed, epoch) + 2))
+            row["collapse"] = collapsed(history, row)
         row["time"] = time.perf_counter() - started
         history.append(row)
         write_jsonl(out / "history.jsonl", history)
@@ -237,6 +279,14 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         log(summary_line(row, config))
         for callback in callbacks:
             callback(epoch + 1, row, model)
+        if row.get("collapse"):
+            log(f"catastrophic overfitting flagged at epoch {epoch + 1}: PGD-10 accuracy on the "
+                f"fixed training batch {100 * row['diag_pgd10_acc']:.1f}% vs FGSM "
+                f"{100 * row['diag_fgsm_acc']:.1f}%")
+            if config.stop_on_collapse:
+                log(f"stopping (--stop-on-collapse); best checkpoint: epoch {best['epoch']}")
+                result.stopped_early = True
+                break
         patience = config.early_stop_patience
         if patience is not None and epoch + 1 - best["epoch"] >= patience:
             log(f"early stop: no better val PGD accuracy for {patience} epochs")
