@@ -64,6 +64,7 @@ class ModelSource:
     eps: float | None = None      # training or benchmark threat model, when known
     norm: str | None = None       # linf | l2, when known
     config: dict[str, Any] = field(default_factory=dict)  # provenance
+    path: str | None = None       # the checkpoint file, when the model came from one
 
 
 def load_source(spec: str | Path, *, arch: str | None = None, activation: str | None = None,
@@ -88,6 +89,7 @@ def load_source(spec: str | Path, *, arch: str | None = None, activation: str | 
         source = _robeval_source(spec, file, checkpoint, arch, activation, device)
     else:
         source = _state_dict_source(file, checkpoint, arch, activation, dataset, device)
+    source.path = str(file.resolve())
     check_dataset(source, dataset)
     return source
 

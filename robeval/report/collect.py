@@ -1,0 +1,108 @@
+"""Gather what a report needs from the results store: one row per evaluated model.
+
+`collect(store)` returns two frames: `models` (one row per evaluation run, with the model's
+architecture, activation, training method and tricks from its recorded config) and `metrics`
+(long: run_id, metric, accuracy, ci_low, ci_high, seconds, n; metric is 'clean', an attack
+spec or 'worst case').
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from robeval.activations import get_activation
+from robeval.results import ResultsStore
+
+# Training settings shown as "tricks" (Bag of Tricks) when they differ across models.
+TRICKS = ("optimizer", "weight_decay", "label_smoothing", "bn_mode", "schedule", "batch_size",
+          "warmup_epochs", "eps_warmup_epochs", "epochs", "smooth_grad")
+
+
+@dataclass
+class ReportData:
+    """Models and their metrics, ready for tables and figures."""
+
+    models: pd.DataFrame
+    metrics: pd.DataFrame
+
+    def accuracy_table(self, value: str = "accuracy") -> pd.DataFrame:
+        """Wide: one row per run, one column per metric (clean, attacks in order, worst case)."""
+        wide = self.metrics.pivot(index="run_id", columns="metric", values=value)
+        return wide[metric_order(self.metrics)]
+
+
+def metric_order(metrics: pd.DataFrame) -> list[str]:
+    """clean, the attacks in the order they first appear, worst case."""
+    attacks = [m for m in dict.fromkeys(metrics["metric"]) if m not in ("clean", "worst case")]
+    return ["clean", *attacks, "worst case"]
+
+
+def _training(config: dict) -> dict:
+    """The training facts of a robeval checkpoint's recorded config (empty for others)."""
+    model = config.get("model") or {}
+    if "adversary" not in model:  # plain state_dict or RobustBench model
+        return {"arch": model.get("arch") or model.get("name"), "activation": model.get("activation")}
+    adversary, optim, net = model["adversary"], model["optim"], model["model"]
+    facts = {"arch": net["arch"], "activation": net["activation"], "smooth_grad": net["smooth_grad"],
+             "method": adversary["method"], "train_steps": adversary["steps"],
+             "train_eps": adversary["eps"], "bn_mode": adversary["bn_mode"],
+             "eps_warmup_epochs": adversary["eps_warmup_epochs"], "epochs": model["epochs"],
+             "train_dataset": model["data"]["dataset"], "seed": model["seed"]}
+    facts.update({key: optim[key] for key in ("optimizer", "weight_decay", "label_smoothing",
+                                              "schedule", "batch_size", "warmup_epochs")})
+    return facts
+
+
+def _activation_parts(spec: str | None) -> tuple[str | None, dict]:
+    if not spec:
+        return None, {}
+    try:
+        entry, params = get_activation(spec)
+    except Exception:  # an activation from elsewhere: keep its name as recorded
+        return spec, {}
+    return entry.name, params
+
+
+def history_path(source: dict) -> str | None:
+    """history.jsonl of the training run a checkpoint came from, when it exists."""
+    path = source.get("path")
+    if not path:
+        return None
+    candidate = Path(path).parent / "history.jsonl"
+    return str(candidate) if candidate.is_file() else None
+
+
+def collect(store: ResultsStore, run_ids: list[int] | None = None) -> ReportData:
+    """One row per finished evaluation run (diagnose-only runs are left out)."""
+    runs = store.runs()
+    model_rows, metric_rows = [], []
+    for run in runs.itertuples(index=False):
+        if run_ids is not None and run.id not in run_ids:
+            continue
+        if not run.attacks or (run.notes or {}).get("kind") == "diagnose":
+            continue
+        config = run.config or {}
+        facts = _training(config)
+        name, params = _activation_parts(facts.get("activation"))
+        checks = (run.notes or {}).get("checks", {})
+        model_rows.append({
+            "run_id": run.id, "label": run.model, "dataset": run.dataset, "eps": run.eps,
+            "norm": run.norm, "n": run.n, "mode": run.mode, "attacks": list(run.attacks),
+            **facts, "activation_name": name, "activation_params": params,
+            "history": history_path(config.get("source") or {}),
+            "flags": [name for name, check in checks.items() if not check.get("passed", True)],
+            "checks": checks, "device": run.device, "git_commit": run.git_commit,
+            "versions": run.versions,
+        })
+        summary = store.summary(run.id)
+        for metric, values in summary.iterrows():
+            metric_rows.append({"run_id": run.id, "metric": metric, **values.to_dict()})
+    models = pd.DataFrame(model_rows)
+    metrics = pd.DataFrame(metric_rows, columns=["run_id", "metric", "accuracy", "ci_low",
+                                                 "ci_high", "correct", "n", "seconds"])
+    if not models.empty:
+        models = models.set_index("run_id", drop=False)
+    return ReportData(models, metrics)
