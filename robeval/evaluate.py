@@ -16,7 +16,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from robeval.spec import parse_eps
 from robeval.train.loop import resolve_device
 
 MODES = ("cascade", "independent")
+CHECK_IMAGES = 200            # images the cheap masking checks look at
 CPU_BATCH_SIZE = 256          # `auto` on CPU: no memory to probe, a size that keeps caches warm
 GPU_START_BATCH_SIZE = 4096   # `auto` on GPU: first size tried, halved until it fits
 
@@ -52,6 +53,7 @@ class EvalConfig:
     dataset: str | None = None         # None: the model's training dataset (else cifar10)
     data_dir: str | None = None
     device: str = "auto"
+    checks: bool = True                # run the cheap gradient-masking checks afterwards
 
 
 @dataclass
@@ -62,6 +64,7 @@ class EvalResult:
     store: ResultsStore
     summary: pd.DataFrame
     batches_resumed: int
+    checks: list = field(default_factory=list)   # CheckResults of the cheap masking checks
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ def batch_seed(seed: int, batch: int, position: int) -> int:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide the numbers."""
-    versions = {}
-    for package in ("robeval", "torch", "pyautoattack", "robustbench", "timm"):
+    from robeval import __version__
+
+    versions = {"robeval": __version__}
+    for package in ("torch", "pyautoattack", "robustbench", "timm"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -242,7 +247,8 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore, fresh
     record = RunRecord(model=source.name, checkpoint_hash=source.checkpoint_hash,
                        config={"eval": asdict(config) | {"eps": plan.eps, "norm": plan.norm,
                                                          "dataset": plan.dataset},
-                               "model": source.config},
+                               "model": source.config,
+                               "source": {"kind": source.kind, "path": source.path}},
                        dataset=plan.dataset, n=len(labels), eps=plan.eps, norm=plan.norm,
                        seed=plan.seed, batch_size=batch_size, mode=plan.mode, attacks=specs,
                        versions=library_versions(), device=str(device), git_commit=git_commit())
@@ -262,8 +268,21 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore, fresh
         samples, rows, seconds, chunk = evaluate_batch(model, attacks, x, y, start, batch, plan,
                                                        chunk)
         store.write_batch(run_id, batch, samples, rows, seconds)
+    checks = []
+    if config.checks:
+        checks = run_cheap_checks(model, images[:CHECK_IMAGES].float() / 255,
+                                  labels[:CHECK_IMAGES], plan)
+        store.set_notes(run_id, {"checks": {check.name: asdict(check) for check in checks}})
     store.finish_run(run_id)
-    return EvalResult(run_id, store, store.summary(run_id), len(done))
+    return EvalResult(run_id, store, store.summary(run_id), len(done), checks)
+
+
+def run_cheap_checks(model: nn.Module, images: Tensor, labels: Tensor, plan: ResolvedEval) -> list:
+    """The cheap gradient-masking checks on the first images of the evaluation."""
+    from robeval.diagnostics.masking import run_checks
+
+    return run_checks(model, images, labels, eps=plan.eps, norm=plan.norm, seed=plan.seed,
+                      names="cheap")
 
 
 def format_summary(summary: pd.DataFrame) -> str:

@@ -1,0 +1,1 @@
+"""Reports: paper-style tables and figures from the results store, as Markdown, LaTeX and PDF."""

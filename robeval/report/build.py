@@ -1,0 +1,142 @@
+"""Assemble a report from the results store: tables, figures and flags, then render it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from robeval.activations import get_activation
+from robeval.errors import RobevalError
+from robeval.report import figures, tables
+from robeval.report.collect import ReportData, collect
+from robeval.report.render import WRITERS, Report, Section
+from robeval.results import ResultsStore
+
+FORMATS = tuple(WRITERS)
+DEFAULT_ACTIVATIONS = ("relu", "softplus", "silu", "gelu", "elu", "smoothrelu")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """What goes into a report and where it is written."""
+
+    out: str = "reports/report"
+    runs: tuple[int, ...] | None = None     # evaluation run ids (None: every run in the store)
+    baseline: int | None = None             # run id the other rows are compared with
+    formats: tuple[str, ...] = FORMATS      # md, pdf, tex
+    ci: bool = False                        # confidence intervals in the main table
+    title: str = "robeval report"
+
+
+def _optional_tables(data: ReportData) -> list[tables.Table]:
+    """The grouped layouts that the runs in the store can fill."""
+    built = []
+    for layout in (tables.method_by_activation, tables.smooth_grad_ablation,
+                   tables.parameter_sweep):
+        try:
+            built.append(layout(data))
+        except RobevalError:
+            continue
+    return built
+
+
+def _known_activation(spec: str) -> bool:
+    try:
+        get_activation(spec)
+    except RobevalError:
+        return False
+    return True
+
+
+def _activation_specs(data: ReportData) -> list[str]:
+    """The registered activations of the models (their own parameters), else a default set."""
+    specs = data.models.get("activation", pd.Series(dtype=object)).dropna().unique()
+    known = sorted({str(spec) for spec in specs if _known_activation(str(spec))})
+    return known or list(DEFAULT_ACTIVATIONS)
+
+
+def _figures(data: ReportData, store: ResultsStore) -> list[Section]:
+    sections = [Section("activations", "Activations and their first derivatives (closed form from "
+                        "the registry), as in SAT Figures 1 and 2.",
+                        figures.activation_figure(_activation_specs(data)))]
+    histories = figures.load_histories(data.models)
+    if histories:
+        sections.append(Section("training", "Training curves: loss, clean and validation PGD "
+                                "accuracy per epoch.", figures.training_curves(histories)))
+        try:
+            sections.append(Section("gradient-quality", "Linearisation error R(x, δ_FGSM) and "
+                                    "input-gradient norm ‖∇ₓL‖₁ per epoch on a fixed training "
+                                    "batch; crosses mark flagged catastrophic overfitting.",
+                                    figures.gradient_quality_curves(histories)))
+        except RobevalError:
+            pass
+    sections.append(Section("robust-vs-clean", "Robust (worst case over each suite) against clean "
+                            "accuracy, with 95% Wilson intervals.", figures.robust_vs_clean(data)))
+    by_eps = data.models.groupby("label")["eps"].nunique()
+    if (by_eps > 1).any():
+        points = data.models[["label", "activation_name", "eps"]].join(
+            data.metrics[data.metrics["metric"] == "worst case"].set_index("run_id")["accuracy"])
+        sections.append(Section("robust-vs-eps", "Robust accuracy (worst case) against ε.",
+                                figures.robustness_vs_eps(points.reset_index(drop=True))))
+    first = int(data.models.index[0])
+    sections.append(Section("per-class", f"Per-class clean and robust accuracy of "
+                            f"{data.models.loc[first, 'label']}.",
+                            figures.per_class_accuracy(per_class(store, first))))
+    return sections
+
+
+def per_class(store: ResultsStore, run_id: int) -> pd.DataFrame:
+    """Clean and worst-case robust accuracy per true class of one run."""
+    samples = store.per_sample(run_id)
+    grouped = samples.groupby("label")
+    return pd.DataFrame({"class": grouped.size().index, "clean": grouped["clean_correct"].mean().values,
+                         "robust": grouped["robust"].mean().values})
+
+
+def _flags(data: ReportData) -> list[str]:
+    lines = []
+    for row in data.models.itertuples(index=False):
+        for name, check in sorted((row.checks or {}).items()):
+            if not check.get("passed", True):
+                lines.append(f"{row.label} (run {row.run_id}): {name}: {check.get('flag')}")
+    return lines
+
+
+def _provenance(data: ReportData, store: ResultsStore) -> dict[str, str]:
+    runs = store.runs().set_index("id").loc[list(data.models.index)]
+    finished = runs["finished_at"].dropna()
+    versions = data.models["versions"].iloc[0] or {}
+    return {
+        "date": finished.max().strftime("%Y-%m-%d %H:%M UTC") if len(finished) else "unfinished",
+        "robeval version": str(versions.get("robeval", "unknown")),
+        "git commit": ", ".join(sorted({str(c) for c in data.models["git_commit"].dropna()})) or "unknown",
+        "device": ", ".join(sorted(set(data.models["device"].astype(str)))),
+        "runs": ", ".join(str(i) for i in data.models.index),
+        "store": str(store.path),
+    }
+
+
+def assemble(store: ResultsStore, config: ReportConfig) -> Report:
+    """Tables, figures and flags for the runs of `config` (all figures closed after rendering)."""
+    data = collect(store, list(config.runs) if config.runs else None)
+    if data.models.empty:
+        raise RobevalError(f"{store.path} holds no finished evaluation runs: run `robeval attack` first")
+    if config.baseline is not None and config.baseline not in data.models.index:
+        raise RobevalError(f"--baseline {config.baseline} is not among the runs: "
+                           f"{', '.join(map(str, data.models.index))}")
+    main = tables.main_table(data, baseline=config.baseline, ci=config.ci)
+    return Report(config.title, _provenance(data, store), [main, *_optional_tables(data)],
+                  _figures(data, store), _flags(data))
+
+
+def build_report(store: ResultsStore, config: ReportConfig) -> dict[str, Path]:
+    """Write the report in each requested format under `config.out`; returns the paths."""
+    unknown = set(config.formats) - set(FORMATS)
+    if unknown:
+        raise RobevalError(f"unknown report format {', '.join(sorted(unknown))}; known: {', '.join(FORMATS)}")
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = assemble(store, config)
+    return {fmt: WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
