@@ -40,6 +40,10 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Training-cost ratios (smooth activations vs ReLU, PGD-1 vs standard) → BENCHMARKS.md."""
-    install_robeval(session)
+    """Training-cost and attack-cost ratios (bench_train.py, bench_attacks.py) → BENCHMARKS.md.
+
+    Arguments after `--` go to both scripts (e.g. `--data-dir DIR --device cpu`).
+    """
+    install_robeval(session, "bench")
     session.run("python", "benchmarks/bench_train.py", *session.posargs)
+    session.run("python", "benchmarks/bench_attacks.py", *session.posargs)

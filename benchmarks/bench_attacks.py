@@ -170,6 +170,11 @@ def time_autoattack(args, model, images, labels, device) -> dict:
             "robust": outcome.robust.float().mean().item(), "direct_robust": robust.float().mean().item()}
 
 
+def ratio(numerator: float, denominator: float) -> str:
+    """`numerator / denominator` to two decimals, or a dash when the denominator is zero."""
+    return f"{numerator / denominator:.2f}" if denominator else "—"
+
+
 def report(args, device, n: int, clean: float, pgd: dict, aa: dict) -> str:
     """The Markdown section: setup, the two tables and what each ratio means."""
     k, t = args.pgd_steps, pgd["time"]
@@ -182,7 +187,7 @@ def report(args, device, n: int, clean: float, pgd: dict, aa: dict) -> str:
         f"| PGD-{k}, full length (ε = 0) | {t['full']:.2f} | {k} | {t['full'] / (k * per_step):.2f} "
         f"| {t['full'] / (k * per_step):.2f} |",
         f"| PGD-{k}, evaluation (early exit) | {t['eval']:.2f} | {mean_steps:.1f} "
-        f"| {t['eval'] / (k * per_step):.2f} | {t['eval'] / (mean_steps * per_step):.2f} |",
+        f"| {t['eval'] / (k * per_step):.2f} | {ratio(t['eval'], mean_steps * per_step)} |",
     ]
     agreement = [
         "| robeval | reference | robeval (s) | reference (s) | time ratio | robust acc. robeval "
@@ -195,7 +200,8 @@ def report(args, device, n: int, clean: float, pgd: dict, aa: dict) -> str:
         f"| `aa` | pyautoattack `AutoAttack` | {aa['ours']:.1f} | {aa['direct']:.1f} "
         f"| {aa['ours'] / aa['direct']:.2f} | {aa['robust']:.1%} | {aa['direct_robust']:.1%} |",
     ]
-    model = args.checkpoint or f"cnn-small trained {args.epochs} epochs with PGD-1"
+    epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
+    model = f"`{args.checkpoint}`" if args.checkpoint else f"cnn-small trained {epochs} with PGD-1"
     return "\n".join([
         f"## Attack cost and agreement with reference implementations ({device_label(device)})",
         "",

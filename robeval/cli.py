@@ -52,6 +52,10 @@ TRAIN_OPTIONS = [
     ("--amp/--no-amp", None, "amp", None, "bf16 mixed precision on CUDA"),
     ("--val-pgd-steps", None, "val_pgd_steps", int, "validation PGD-K"),
     ("--early-stop-patience", None, "early_stop_patience", int, "epochs without improvement"),
+    ("--diagnostics-batch", None, "diagnostics_batch", int,
+     "fixed training images for per-epoch gradient diagnostics (0: off)"),
+    ("--stop-on-collapse/--no-stop-on-collapse", None, "stop_on_collapse", None,
+     "end the run when catastrophic overfitting is flagged"),
 ]
 
 
@@ -138,9 +142,11 @@ def train(preset, config_file, out, resume, force, quiet, list_names, **params) 
 @click.option("--model-dir", default="models", show_default=True,
               help="RobustBench model folder (for robustbench:NAME)")
 @click.option("--fresh", is_flag=True, help="discard stored outcomes of this evaluation")
+@click.option("--checks/--no-checks", default=True, show_default=True,
+              help="run the cheap gradient-masking checks afterwards")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, data_dir, db,
-           seed, mode, arch, activation, model_dir, fresh, quiet) -> None:
+           seed, mode, arch, activation, model_dir, fresh, checks, quiet) -> None:
     """Evaluate MODEL (run folder, checkpoint, state_dict + --arch, robustbench:NAME)."""
     from robeval.evaluate import EvalConfig, evaluate, format_summary
     from robeval.results import ResultsStore
@@ -155,13 +161,90 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
                          device=resolve_device(device))
     config = EvalConfig(suite=suite, eps=parsed_eps, norm=norm, n=n_images,
                         batch_size=batch_size, seed=seed, mode=mode, dataset=dataset,
-                        data_dir=data_dir, device=device)
+                        data_dir=data_dir, device=device, checks=checks)
     store = ResultsStore(db)
     result = evaluate(source, config, store, fresh=fresh, progress=not quiet, log=click.echo)
     n_done = int(result.summary.loc["clean", "n"])
     click.echo(f"{source.name} on {n_done} images ({mode}); outcomes in {db} (run "
                f"{result.run_id})")
     click.echo(format_summary(result.summary))
+    for check in result.checks:
+        if not check.passed:
+            click.echo(f"FLAG {check.name}: {check.flag}")
+    if result.checks and all(check.passed for check in result.checks):
+        click.echo(f"gradient-masking checks passed: {', '.join(c.name for c in result.checks)}")
+
+
+@cli.command()
+@click.argument("model_spec", metavar="MODEL")
+@click.option("--eps", default=None, help="radius in [0,1] units (default: the model's training ε)")
+@click.option("--norm", default=None, help="linf or l2 (default: the model's)")
+@click.option("--n", "n_images", type=int, default=200, show_default=True,
+              help="diagnose on the first N test images")
+@click.option("--checks", "check_names", default="all", show_default=True,
+              help="all, cheap, or a comma-separated list of checks")
+@click.option("--pgd-steps", type=int, default=10, show_default=True,
+              help="K of the PGD perturbation in R(x, δ_PGD) and the loss gap")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dataset", default=None)
+@click.option("--data-dir", default=None)
+@click.option("--db", default="reports/robeval.sqlite", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--arch", default=None, help="architecture of a plain state_dict file")
+@click.option("--activation", default=None, help="activation of a plain state_dict file")
+@click.option("--model-dir", default="models", show_default=True)
+def diagnose(model_spec, eps, norm, n_images, check_names, pgd_steps, device, dataset, data_dir,
+             db, seed, arch, activation, model_dir) -> None:
+    """Gradient-quality diagnostics and all gradient-masking checks for MODEL."""
+    import pandas as pd
+
+    from robeval.diagnostics.run import checks_table
+    from robeval.diagnostics.run import diagnose as run_diagnose
+    from robeval.evaluate import EvalConfig
+    from robeval.results import ResultsStore
+    from robeval.sources import load_source
+    from robeval.train.loop import resolve_device
+
+    parsed_eps = None if eps is None else parse_eps(eps)
+    source = load_source(model_spec, arch=arch, activation=activation, dataset=dataset,
+                         model_dir=model_dir, eps=parsed_eps, norm=norm,
+                         device=resolve_device(device))
+    config = EvalConfig(eps=parsed_eps, norm=norm, n=n_images, seed=seed, dataset=dataset,
+                        data_dir=data_dir, device=device)
+    names = check_names if check_names in ("all", "cheap") else check_names.split(",")
+    result = run_diagnose(source, config, ResultsStore(db), checks=names, pgd_steps=pgd_steps,
+                          log=click.echo)
+    with pd.option_context("display.width", 160, "display.max_colwidth", 70):
+        click.echo(result.gradients.round(4).to_string())
+        click.echo(checks_table(result.checks).to_string())
+    click.echo(f"{len(result.flags)} of {len(result.checks)} checks flagged; stored in {db} "
+               f"(run {result.run_id})")
+
+
+@cli.command()
+@click.argument("run_ids", nargs=-1, type=int)
+@click.option("--db", default="reports/robeval.sqlite", show_default=True, help="results store")
+@click.option("--baseline", type=int, default=None, help="run id the other rows are compared with")
+@click.option("--format", "formats", default="md,pdf,tex", show_default=True,
+              help="comma-separated: md, pdf, tex")
+@click.option("--out", default="reports/report", show_default=True, help="report folder")
+@click.option("--ci", is_flag=True, help="confidence intervals in the main table")
+@click.option("--title", default="robeval report", show_default=True)
+def report(run_ids, db, baseline, formats, out, ci, title) -> None:
+    """Render paper-style tables and figures for RUN_IDS (default: every evaluation in --db)."""
+    from pathlib import Path
+
+    from robeval.report.build import ReportConfig, build_report
+    from robeval.results import ResultsStore
+
+    if not Path(db).is_file():
+        raise RobevalError(f"results store {db} does not exist: run `robeval attack` first or pass --db")
+    config = ReportConfig(out=out, runs=tuple(run_ids) or None, baseline=baseline,
+                          formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
+                          ci=ci, title=title)
+    paths = build_report(ResultsStore(db), config)
+    for fmt, path in paths.items():
+        click.echo(f"{fmt}: {path}")
 
 
 def default_run_name(config) -> str:

@@ -1,0 +1,538 @@
+"""Gradient-masking checks: signs that a robustness evaluation by gradient attacks is unreliable.
+
+Each check is `check_NAME(model, images, labels, *, eps, norm="linf", seed=0, ...)` and returns a
+`CheckResult`; the first paragraph of its docstring explains what its flag means and is copied
+into the result for reports, the following ones give its rule and tolerance. `CHECKS` maps names
+to the functions, `CHEAP_CHECKS` names the ones that `robeval attack` runs by default, and
+`run_checks` runs a selection.
+
+Attack-based checks count a point as robust only if it is classified correctly and the attack
+fails on it, and compare attacks on the same images with the same seed. Comparisons that two
+attacks could legitimately decide either way allow for that with McNemar's test: of the points
+on which the two disagree, an attack that is not really stronger wins each one with probability
+one half, so the excess of one side over the other has standard deviation √(disagreements); a
+flag needs an excess above `Z_NOISE` = 3 standard deviations (a false alarm rate of about 0.1%)
+and above a floor stated by each check.
+
+Every check runs the model in eval mode (the modules' training flags are restored afterwards),
+seeds torch's RNG with `seed` and restores the CPU and CUDA RNG states and the trace function
+afterwards, and takes gradients with respect to the input only, so parameters accumulate none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import math
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from robeval.attacks.autoattack import preserved_global_state
+from robeval.attacks.base import ThreatModel, build_attack
+from robeval.attacks.losses import dlr
+from robeval.attacks.steps import NORMS
+from robeval.errors import RobevalError
+
+Z_NOISE = 3.0                 # standard deviations of attack noise a flag must exceed
+ITERATIONS_FLOOR = 0.01       # more_iterations, larger_eps, fgsm_vs_pgd: 1 percentage point
+BLACK_BOX_FLOOR = 0.05        # black_box: 5 percentage points
+ZERO_GRADIENT_LIMIT = 0.05    # gradients: at most 5% of correctly classified points
+REPEAT_TOLERANCE = 1e-4       # determinism: identical passes, relative to the logit scale
+SPLIT_TOLERANCE = 1e-2        # determinism: the same images in half-size batches
+ROW_SUM_TOLERANCE = 1e-3      # logits: |row sum − 1| of probabilities / of exp(log-probabilities)
+AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")  # its n_classes check assumes these
+
+
+@dataclass
+class CheckResult:
+    """The verdict of one check; `evidence` holds JSON-ready numbers behind it."""
+
+    name: str           # e.g. "more_iterations"
+    passed: bool        # False: the check raised its flag
+    flag: str | None    # one line describing the flag when raised, else None
+    evidence: dict      # plain floats, ints, bools, strings and lists of them
+    explanation: str    # the first paragraph of the check's docstring
+
+
+CheckFn = Callable[..., CheckResult]
+
+
+# --- shared helpers --------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def prepared(model: nn.Module, seed: int) -> Iterator[None]:
+    """Eval mode, gradients enabled and a seeded RNG for the block; flags and RNG restored after."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with preserved_global_state(), torch.enable_grad():
+            torch.manual_seed(seed)
+            yield
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def explanation(check: CheckFn) -> str:
+    """The first paragraph of a check's docstring, on one line."""
+    return " ".join(inspect.getdoc(check).split("\n\n")[0].split())
+
+
+def result(name: str, flag: str | None, evidence: dict) -> CheckResult:
+    """A CheckResult for the check registered as `name`; `flag` None means passed."""
+    return CheckResult(name=name, passed=flag is None, flag=flag, evidence=strict_json(evidence),
+                       explanation=explanation(CHECKS[name]))
+
+
+def strict_json(value):
+    """`value` with every infinite or NaN float written as a string ("inf", "-inf", "nan")."""
+    if isinstance(value, dict):
+        return {key: strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def correctly_classified(model: nn.Module, images: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample clean correctness, a CPU bool tensor."""
+    with torch.no_grad():
+        return (model(images).argmax(1) == labels).cpu()
+
+
+def robust_under(model: nn.Module, spec: str, images: Tensor, labels: Tensor, threat: ThreatModel,
+                 seed: int, correct: Tensor) -> Tensor:
+    """Per-sample robustness (correct and not broken) under the attack `spec`, on the CPU."""
+    outcome = build_attack(spec, threat).run(model, images, labels, seed)
+    return outcome.robust.cpu() & correct
+
+
+def accuracy(robust: Tensor) -> float:
+    """The fraction of True entries (0 for an empty tensor)."""
+    return float(robust.double().mean()) if len(robust) else 0.0
+
+
+def compare(weaker: Tensor, stronger: Tensor, floor: float, noise: bool) -> dict:
+    """Whether the stronger attack leaves markedly more points robust than the weaker one.
+
+    The excess is the number of points only the weaker attack broke minus those only the
+    stronger one broke; it must exceed one sample, `floor` of the points and, with `noise`,
+    `Z_NOISE`·√(disagreements) (McNemar's test, see the module doc) to count as an increase.
+    """
+    only_weaker = int((stronger & ~weaker).sum())
+    only_stronger = int((weaker & ~stronger).sum())
+    spread = Z_NOISE * math.sqrt(only_weaker + only_stronger) if noise else 0.0
+    allowed = max(1.0, floor * len(weaker), spread)
+    return {"weaker_accuracy": accuracy(weaker), "stronger_accuracy": accuracy(stronger),
+            "only_weaker_broke": only_weaker, "only_stronger_broke": only_stronger,
+            "allowed_excess": round(allowed, 3), "increase": only_weaker - only_stronger > allowed}
+
+
+def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Per-sample cross-entropy."""
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def input_gradients(model: nn.Module, images: Tensor, labels: Tensor,
+                    loss_fn: Callable[[Tensor, Tensor], Tensor] = cross_entropy) -> Tensor:
+    """Per-sample gradients of a per-sample loss with respect to the input."""
+    x = images.detach().clone().requires_grad_(True)
+    loss = loss_fn(model(x), labels).sum()
+    (grad,) = torch.autograd.grad(loss, x)
+    return grad.detach()
+
+
+def num_classes(model: nn.Module, images: Tensor) -> int:
+    """The size of the model's output."""
+    with torch.no_grad():
+        return int(model(images[:1]).shape[-1])
+
+
+# --- checks ----------------------------------------------------------------------------------
+
+def check_determinism(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | None = None,
+                      norm: str = "linf", seed: int = 0) -> CheckResult:
+    """The model gives different outputs for the same input.
+
+    A randomised model (noise, random transformations or dropout at test time) or one whose
+    output depends on the other images in the batch hands each attack step the gradient of a
+    different function than the one that is finally evaluated, so a deterministic attack
+    underestimates what an attack aware of the randomness (EOT) achieves; its accuracy under
+    PGD is not a robustness estimate.
+
+    Rule: the logits of two identical passes may differ by at most 1e-4 of the logit scale
+    (max(1, max |logit|)), those of the same images in half-size batches by at most 1e-2 of it
+    (another batch size may pick other kernels, TF32 on GPU among them); more is flagged.
+    """
+    with prepared(model, seed), torch.no_grad():
+        first, second = model(images), model(images)
+        halves = torch.cat([model(part) for part in images.split(max(1, (len(images) + 1) // 2))])
+    scale = max(1.0, float(first.abs().nan_to_num(0.0).max()))
+    repeat, split = max_difference(first, second) / scale, max_difference(first, halves) / scale
+    evidence = {"repeat_difference": repeat, "split_difference": split, "logit_scale": scale,
+                "changed_predictions": int(((first.argmax(1) != second.argmax(1))
+                                            | (first.argmax(1) != halves.argmax(1))).sum())}
+    flag = None
+    if repeat > REPEAT_TOLERANCE or split > SPLIT_TOLERANCE:
+        flag = (f"the same images gave logits differing by {max(repeat, split):.2g} of their scale "
+                f"({evidence['changed_predictions']} predictions changed): randomised or batch-dependent")
+    return result("determinism", flag, evidence)
+
+
+def max_difference(a: Tensor, b: Tensor) -> float:
+    """The largest |a − b|; equal entries (infinities, NaNs on both sides) differ by 0, others
+    involving NaN by infinity."""
+    diff = (a - b).abs()
+    diff[(a == b) | (torch.isnan(a) & torch.isnan(b))] = 0.0
+    return float(diff.nan_to_num(nan=math.inf).max()) if diff.numel() else 0.0
+
+
+def check_logits(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | None = None,
+                 norm: str = "linf", seed: int = 0) -> CheckResult:
+    """The model seems to output probabilities or log-probabilities instead of logits.
+
+    Attacks put the model's outputs into cross-entropy, which applies its own softmax. Applied
+    to probabilities, values in [0, 1], that second softmax keeps every class within a factor e
+    of the others, so the loss hardly varies and its gradients are small: the attack is weakened
+    without the model being robust. Log-probabilities
+    are harmless when they come from a stable log-softmax (a shift of the logits, to which CE,
+    DLR and margin losses are blind) but saturate to 0 and −inf when computed as log(softmax);
+    the check cannot tell the two apart, so confirm which one the model computes.
+
+    Rule: flagged when every row is non-negative and sums to 1 within 1e-3 (probabilities), or
+    every row's exponentials sum to 1 within 1e-3 (log-probabilities).
+    """
+    with prepared(model, seed), torch.no_grad():
+        outputs = model(images).double()
+    sums, exp_sums = outputs.sum(1), outputs.exp().sum(1)
+    probabilities = bool((outputs >= -1e-6).all() and ((sums - 1).abs() <= ROW_SUM_TOLERANCE).all())
+    log_probabilities = bool(((exp_sums - 1).abs() <= ROW_SUM_TOLERANCE).all())
+    kind = "probabilities" if probabilities else "log-probabilities" if log_probabilities else "logits"
+    evidence = {"outputs": kind, "min_output": float(outputs.min()), "max_output": float(outputs.max()),
+                "max_row_sum_error": float((sums - 1).abs().max()),
+                "max_exp_sum_error": float((exp_sums - 1).abs().max())}
+    flag = None if kind == "logits" else f"every output row looks like {kind}, not logits"
+    return result("logits", flag, evidence)
+
+
+def check_gradients(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | None = None,
+                    norm: str = "linf", seed: int = 0, limit: float = ZERO_GRADIENT_LIMIT) -> CheckResult:
+    """Many correctly classified points have an all-zero or non-finite input gradient.
+
+    Gradient attacks have nothing to follow at such points: the L∞ step is the sign of the
+    gradient (zero) and NaN/inf corrupt the iterate. Non-differentiable preprocessing
+    (quantisation, JPEG, thresholds) makes gradients zero almost everywhere, and a softmax
+    saturated in float32 (huge logits, e.g. a temperature far below 1) makes cross-entropy
+    gradients underflow to exactly zero: the model looks robust to PGD but is not.
+
+    Rule: the cross-entropy gradient of an honest float32 network is exactly zero only when
+    every other class's probability underflows (logit margins above ~100), which trained
+    classifiers practically never reach; the check flags when more than `limit` (5%) of the
+    correctly classified points have an all-zero or a non-finite gradient.
+    """
+    with prepared(model, seed):
+        correct = correctly_classified(model, images, labels)
+        grad = input_gradients(model, images, labels).flatten(1)
+    zero = (grad == 0).all(1).cpu() & correct
+    nonfinite = (~torch.isfinite(grad)).any(1).cpu() & correct
+    n_correct = int(correct.sum())
+    fraction = float((zero | nonfinite).sum()) / max(n_correct, 1)
+    evidence = {"correct": n_correct, "zero_gradients": int(zero.sum()),
+                "nonfinite_gradients": int(nonfinite.sum()), "fraction": fraction, "limit": limit}
+    flag = None
+    if fraction > limit:
+        flag = (f"{fraction:.0%} of correctly classified points have zero or non-finite input "
+                "gradients: gradient attacks cannot move them")
+    return result("gradients", flag, evidence)
+
+
+def check_autoattack_checks(model: nn.Module, images: Tensor, labels: Tensor, *,
+                            eps: float | None = None, norm: str = "linf", seed: int = 0) -> CheckResult:
+    """pyautoattack's own sanity checks warned about the model.
+
+    AutoAttack (Croce & Hein, 2020) checks before attacking whether the model is randomised
+    (outputs change between passes), outputs probabilities, calls autograd in its forward pass
+    (a dynamic or adaptive defence), has zero DLR-loss gradients at some points, and has enough
+    classes for its targeted attacks; any of these makes its standard evaluation unreliable.
+
+    Rule: pyautoattack's `check_randomized`, `check_range_output`, `check_dynamic`,
+    `check_zero_gradients` (on the DLR gradients of the correctly classified points, as APGD-DLR
+    computes them) and `check_n_classes` (for the standard version's attacks) run with their own
+    thresholds; flagged when any of them warns. Their warnings are the evidence.
+    """
+    with prepared(model, seed):
+        warnings = pyautoattack_warnings(model, images, labels)
+    evidence = {"warnings": warnings, "checks": sorted(PYAUTOATTACK_CHECKS)}
+    flag = None
+    if warnings:
+        flag = f"pyautoattack warned: {'; '.join(warnings)}"
+    return result("autoattack_checks", flag, evidence)
+
+
+class Collector:
+    """A stand-in logger that keeps what pyautoattack's checks warn."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def warning(self, message: object) -> None:
+        """Keep one warning."""
+        self.messages.append(str(message))
+
+
+PYAUTOATTACK_CHECKS = ("check_randomized", "check_range_output", "check_dynamic",
+                       "check_zero_gradients", "check_n_classes")
+
+
+def pyautoattack_warnings(model: nn.Module, images: Tensor, labels: Tensor) -> list[str]:
+    """Run pyautoattack's checks with a collecting logger; returns `name: message` lines."""
+    from pyautoattack import checks
+
+    logger = Collector()
+    checks.check_randomized(model, images, labels, logger=logger)
+    n_classes = checks.check_range_output(model, images, logger=logger)
+    dynamic_check(checks, model, images, logger)
+    correct = correctly_classified(model, images, labels).to(images.device)
+    if correct.any():
+        grad = input_gradients(model, images[correct], labels[correct], loss_fn=dlr)
+        checks.check_zero_gradients(grad, logger=logger)
+    checks.check_n_classes(n_classes, list(AUTOATTACK_STANDARD), 9, 9, logger=logger)
+    return logger.messages
+
+
+def dynamic_check(checks, model: nn.Module, images: Tensor, logger: Collector) -> None:
+    """pyautoattack's `check_dynamic` on fresh call counters; its counters and the trace
+    function it removes (`sys.settrace(None)`) are put back afterwards."""
+    counters, trace = dict(checks.funcs), sys.gettrace()
+    checks.funcs.update(dict.fromkeys(counters, 0))
+    try:
+        checks.check_dynamic(model, images, False, logger=logger)
+    finally:
+        sys.settrace(trace)
+        checks.funcs.update(counters)
+
+
+def check_fgsm_vs_pgd(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float,
+                      norm: str = "linf", seed: int = 0, floor: float = ITERATIONS_FLOOR) -> CheckResult:
+    """A single gradient step (FGSM) is stronger than ten (PGD-10) at the same ε.
+
+    Iterating can only help an attack on a well-behaved loss surface. When one large step from
+    the clean image beats small iterated steps, the loss surface near the data is locally
+    flat or misleading (gradient masking) while a larger move still finds adversarial examples,
+    so iterative attacks are not finding them either.
+
+    Rule: flagged when the points only FGSM broke outnumber those only PGD-10 broke by more than
+    one sample, `floor` (1 percentage point) of the images and 3·√(disagreements) (see the
+    module doc).
+    """
+    return _attack_pair("fgsm_vs_pgd", model, images, labels, ThreatModel(eps, norm), seed,
+                        ("fgsm", "pgd10"), floor, "FGSM is stronger than PGD-10")
+
+
+def _attack_pair(name: str, model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel,
+                 seed: int, specs: tuple[str, str], floor: float, message: str) -> CheckResult:
+    """Compare two attacks (the second expected stronger) at the same threat model."""
+    with prepared(model, seed):
+        correct = correctly_classified(model, images, labels)
+        weaker, stronger = (robust_under(model, spec, images, labels, threat, seed, correct)
+                            for spec in specs)
+    comparison = compare(weaker, stronger, floor, noise=True)
+    evidence = {"weaker": specs[0], "stronger": specs[1], "n": len(correct), **comparison}
+    flag = None
+    if comparison["increase"]:
+        flag = (f"{message}: accuracy {accuracy(weaker):.1%} under {specs[0]} vs "
+                f"{accuracy(stronger):.1%} under {specs[1]}")
+    return result(name, flag, evidence)
+
+
+def check_more_iterations(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float,
+                          norm: str = "linf", seed: int = 0, floor: float = ITERATIONS_FLOOR) -> CheckResult:
+    """Robust accuracy goes up when PGD gets more iterations or restarts.
+
+    A stronger run of the same attack cannot find fewer adversarial examples on a fixed
+    function. robeval's PGD-50 repeats PGD-10's first ten iterates (same seed, same step ε/4)
+    and PGD-10 with 3 restarts begins with PGD-10's run, and a point counts as broken as soon as
+    any iterate is misclassified, so for a deterministic model these accuracies can only go
+    down. An increase means the prediction at the same input changed between runs: the model is
+    randomised or depends on the batch, and its PGD accuracy is not a robustness estimate.
+
+    Rule: PGD-10 is compared with PGD-50 and with PGD-10 (3 restarts); because the runs are
+    nested there is no attack noise to allow for, only float rounding at iterates on the decision
+    boundary, so either increase may be at most one sample and `floor` (1 percentage point).
+    """
+    threat = ThreatModel(eps, norm)
+    with prepared(model, seed):
+        correct = correctly_classified(model, images, labels)
+        runs = {spec: robust_under(model, spec, images, labels, threat, seed, correct)
+                for spec in ("pgd10", "pgd50", "pgd10(restarts=3)")}
+    pairs = {spec: compare(runs["pgd10"], runs[spec], floor, noise=False)
+             for spec in ("pgd50", "pgd10(restarts=3)")}
+    evidence = {"n": len(correct), "accuracy": {spec: accuracy(robust) for spec, robust in runs.items()},
+                "versus_pgd10": pairs}
+    raised = [spec for spec, pair in pairs.items() if pair["increase"]]
+    flag = None
+    if raised:
+        flag = (f"robust accuracy rose from {accuracy(runs['pgd10']):.1%} under pgd10 to "
+                + ", ".join(f"{accuracy(runs[spec]):.1%} under {spec}" for spec in raised))
+    return result("more_iterations", flag, evidence)
+
+
+def check_larger_eps(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float,
+                     norm: str = "linf", seed: int = 0, floor: float = ITERATIONS_FLOOR) -> CheckResult:
+    """Robust accuracy goes up when the perturbation budget ε grows.
+
+    Every perturbation allowed at ε is allowed at 2ε and 4ε, so the true robust accuracy can
+    only fall as ε grows. If PGD finds fewer adversarial examples with a larger budget, the
+    attack is failing for reasons other than the budget: its gradients mislead it.
+
+    Rule: PGD-20 (step ε/4) at ε, 2ε and 4ε; each larger budget is compared with each smaller
+    one and flagged when the points only the smaller-budget attack broke outnumber the reverse
+    by more than one sample, `floor` (1 percentage point) and 3·√(disagreements).
+    """
+    budgets = (eps, 2 * eps, 4 * eps)
+    with prepared(model, seed):
+        correct = correctly_classified(model, images, labels)
+        runs = [robust_under(model, "pgd20", images, labels, ThreatModel(radius, norm), seed, correct)
+                for radius in budgets]
+    pairs = {f"{i}eps_vs_{j}eps": compare(runs[a], runs[b], floor, noise=True)
+             for (a, i), (b, j) in _ordered_pairs([1, 2, 4])}
+    evidence = {"n": len(correct), "eps": list(budgets), "accuracy": [accuracy(run) for run in runs],
+                "pairs": pairs}
+    raised = [key for key, pair in pairs.items() if pair["increase"]]
+    flag = None
+    if raised:
+        flag = ("PGD-20 robust accuracy increases with ε ("
+                + ", ".join(f"{a:.1%}" for a in evidence["accuracy"]) + f" at ε×1,2,4; {', '.join(raised)})")
+    return result("larger_eps", flag, evidence)
+
+
+def _ordered_pairs(values: Sequence[int]) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """((index, value), (index, value)) for every pair with the first one smaller."""
+    indexed = list(enumerate(values))
+    return [(a, b) for a in indexed for b in indexed if a[0] < b[0]]
+
+
+def unbounded_radius(norm: str, images: Tensor) -> float:
+    """A radius whose ball around any image contains the whole [0,1] image cube."""
+    return 1.0 if NORMS.resolve(norm) == "linf" else math.sqrt(images[0].numel())
+
+
+def check_unbounded(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | None = None,
+                    norm: str = "linf", seed: int = 0, steps: int = 50) -> CheckResult:
+    """PGD with an unlimited budget leaves more points correct than chance.
+
+    With a radius that covers the whole image cube (L∞ 1, L2 √d) every image can be turned into
+    any other, so no point of a classifier that predicts more than one class is robust, and a
+    working attack drives accuracy to zero. Accuracy above chance means the attack cannot
+    follow the model's gradients even where nothing limits it: the gradients are masked.
+
+    Rule: PGD with `steps` (50) steps of a tenth of the radius; flagged when accuracy exceeds
+    chance (1/classes) by more than one sample and 3 binomial standard deviations
+    3·√(p(1−p)/n) with p = 1/classes — what a model whose predictions ignore the label scores.
+    """
+    radius = unbounded_radius(norm, images)
+    spec = f"pgd{steps}(step={radius / 10:.6g})"
+    with prepared(model, seed):
+        correct = correctly_classified(model, images, labels)
+        robust = robust_under(model, spec, images, labels, ThreatModel(radius, norm), seed, correct)
+        chance = 1.0 / num_classes(model, images)
+    n = len(robust)
+    allowed = max(1.0 / max(n, 1), Z_NOISE * math.sqrt(chance * (1 - chance) / max(n, 1)))
+    evidence = {"attack": spec, "radius": radius, "n": n, "accuracy": accuracy(robust),
+                "chance": chance, "allowed_above_chance": allowed}
+    flag = None
+    if accuracy(robust) > chance + allowed:
+        flag = (f"{accuracy(robust):.1%} of points survive PGD at radius {radius:.3g} (chance "
+                f"{chance:.1%}): the attack cannot follow the gradients")
+    return result("unbounded", flag, evidence)
+
+
+def check_black_box(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float,
+                    norm: str = "linf", seed: int = 0, queries: int = 1000,
+                    floor: float = BLACK_BOX_FLOOR) -> CheckResult:
+    """A black-box attack (Square) breaks points that white-box PGD could not.
+
+    Square Attack (Andriushchenko et al., 2020) uses only the model's outputs, never its
+    gradients. On a differentiable model with useful gradients it is the weaker attack at a
+    few hundred or thousand queries; if it breaks many points PGD-20 left robust, adversarial
+    examples exist that the gradients do not lead to: the gradients are masked.
+
+    Rule: PGD-20 runs on all points, Square with `queries` (1000) queries on the points PGD-20
+    left robust (as AutoAttack orders them); flagged when Square breaks more than one sample and
+    `floor` (5 percentage points) of all points. On honest small models PGD-20 misses a few
+    percent that another search finds (2% on a cnn-small trained for 3 epochs); masking
+    leaves tens of points.
+    """
+    threat, spec = ThreatModel(eps, norm), f"square(queries={queries})"
+    with prepared(model, seed):
+        correct = correctly_classified(model, images, labels)
+        pgd = robust_under(model, "pgd20", images, labels, threat, seed, correct)
+        survivors = pgd.nonzero().flatten()
+        device_index = survivors.to(images.device)
+        square = torch.zeros_like(pgd)
+        if len(survivors):
+            square[survivors] = robust_under(model, spec, images[device_index], labels[device_index],
+                                             threat, seed, torch.ones(len(survivors), dtype=torch.bool))
+    broken = (pgd & ~square).nonzero().flatten().tolist()
+    allowed = max(1.0, floor * len(pgd))
+    evidence = {"attack": spec, "n": len(pgd), "pgd20_accuracy": accuracy(pgd),
+                "pgd20_then_square_accuracy": accuracy(square), "square_only_broke": len(broken),
+                "square_only_indices": broken, "allowed": allowed}
+    flag = None
+    if len(broken) > allowed:
+        flag = (f"Square broke {len(broken)} of {len(pgd)} points that PGD-20 could not "
+                f"({accuracy(pgd):.1%} → {accuracy(square):.1%})")
+    return result("black_box", flag, evidence)
+
+
+# --- registry --------------------------------------------------------------------------------
+
+CHECKS: dict[str, CheckFn] = {
+    "determinism": check_determinism,
+    "logits": check_logits,
+    "gradients": check_gradients,
+    "autoattack_checks": check_autoattack_checks,
+    "fgsm_vs_pgd": check_fgsm_vs_pgd,
+    "more_iterations": check_more_iterations,
+    "larger_eps": check_larger_eps,
+    "unbounded": check_unbounded,
+    "black_box": check_black_box,
+}
+# A few forward/backward passes each (FGSM + PGD-10 for fgsm_vs_pgd): seconds on CPU for
+# 200 CIFAR images of cnn-small. The others run tens of PGD steps or thousands of queries.
+CHEAP_CHECKS: tuple[str, ...] = ("determinism", "logits", "gradients", "autoattack_checks", "fgsm_vs_pgd")
+
+
+def check_names(names: str | Sequence[str] | None = None) -> list[str]:
+    """The checks a selection names: None or "cheap", "all", a comma-separated string or a list."""
+    if names is None or names == "cheap":
+        return list(CHEAP_CHECKS)
+    if names == "all":
+        return list(CHECKS)
+    chosen = [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
+    unknown = [name for name in chosen if name not in CHECKS]
+    if unknown:
+        raise RobevalError(f"unknown masking check {', '.join(map(repr, unknown))}; known: "
+                           f"{', '.join(CHECKS)} (or 'cheap', 'all')")
+    return chosen
+
+
+def run_checks(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float, norm: str = "linf",
+               seed: int = 0, names: str | Sequence[str] | None = None,
+               options: dict[str, dict] | None = None) -> list[CheckResult]:
+    """Run the selected checks (default: the cheap ones), in the order they are named.
+
+    `options` maps a check name to extra keyword arguments, e.g. `{"black_box": {"queries": 500}}`;
+    options of checks that are not selected are ignored, unknown check names are an error.
+    """
+    selected = check_names(names)
+    options = options or {}
+    check_names(list(options))
+    return [CHECKS[name](model, images, labels, eps=eps, norm=norm, seed=seed, **options.get(name, {}))
+            for name in selected]

@@ -1,0 +1,94 @@
+"""`robeval diagnose`: gradient-quality diagnostics and gradient-masking checks for one model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from robeval.data import load_test_set
+from robeval.diagnostics.gradients import batch_diagnostics, summarise
+from robeval.diagnostics.masking import CheckResult, run_checks
+from robeval.evaluate import EvalConfig, git_commit, library_versions, prepare_model, resolve
+from robeval.results import ResultsStore, RunRecord
+from robeval.sources import ModelSource
+from robeval.train.loop import resolve_device
+
+
+@dataclass
+class Diagnosis:
+    """Gradient-quality summary (one row per quantity) and the masking checks' verdicts."""
+
+    run_id: int | None
+    gradients: pd.DataFrame
+    checks: list[CheckResult]
+
+    @property
+    def flags(self) -> list[CheckResult]:
+        """The checks that raised a flag."""
+        return [check for check in self.checks if not check.passed]
+
+
+def checks_table(checks: list[CheckResult]) -> pd.DataFrame:
+    """One row per check: verdict, flag and evidence."""
+    return pd.DataFrame({
+        "check": [c.name for c in checks],
+        "verdict": ["pass" if c.passed else "FLAG" for c in checks],
+        "flag": [c.flag or "" for c in checks],
+        "evidence": [json.dumps(c.evidence, sort_keys=True) for c in checks],
+    }).set_index("check")
+
+
+def checks_notes(checks: list[CheckResult]) -> dict:
+    """The checks as JSON-ready dicts, for the results store."""
+    return {check.name: asdict(check) for check in checks}
+
+
+def diagnose(source: ModelSource, config: EvalConfig, store: ResultsStore | None,
+             checks: str = "all", pgd_steps: int = 10,
+             log: Callable[[str], None] = print) -> Diagnosis:
+    """Gradient diagnostics on the first `config.n` test images, then the masking checks."""
+    plan = resolve(config, source)
+    device = resolve_device(config.device)
+    test = load_test_set(plan.dataset, plan.data_dir, plan.n)
+    images, labels = test.images.to(device).float() / 255, test.labels.to(device)
+    model = prepare_model(source.model, device)
+    log(f"gradient diagnostics on {len(labels)} images (eps {plan.eps:.4g}, {plan.norm})")
+    values = batch_diagnostics(model, images, labels, plan.eps, plan.norm, pgd_steps=pgd_steps,
+                               seed=plan.seed)
+    gradients = summarise(values)
+    log(f"gradient-masking checks ({checks})")
+    results = run_checks(model, images, labels, eps=plan.eps, norm=plan.norm, seed=plan.seed,
+                         names=checks)
+    run_id = None
+    if store is not None:
+        run_id = record_diagnosis(store, source, plan, len(labels), str(device), gradients,
+                                  results)
+    return Diagnosis(run_id, gradients, results)
+
+
+def record_diagnosis(store: ResultsStore, source: ModelSource, plan, n: int, device: str,
+                     gradients: pd.DataFrame, checks: list[CheckResult]) -> int:
+    """A run without attacks whose notes hold the diagnostics and the checks."""
+    identity = {"diagnose": source.checkpoint_hash or source.name, "eps": plan.eps,
+                "norm": plan.norm, "n": n, "seed": plan.seed, "dataset": plan.dataset}
+    key = "diagnose-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
+    record = RunRecord(model=source.name, checkpoint_hash=source.checkpoint_hash,
+                       config={"diagnose": identity, "model": source.config}, dataset=plan.dataset,
+                       n=n, eps=plan.eps, norm=plan.norm, seed=plan.seed, batch_size=n,
+                       mode="cascade", attacks=[], versions=library_versions(), device=device,
+                       git_commit=git_commit())
+    run_id = store.open_run(key, record, fresh=True)
+    store.set_notes(run_id, {"kind": "diagnose",
+                             "gradients": json.loads(gradients.to_json(orient="index")),
+                             "checks": checks_notes(checks)})
+    store.finish_run(run_id)
+    return run_id
+
+
+def flag_lines(checks: list[CheckResult]) -> list[str]:
+    """One line per raised flag, for the end of `robeval attack` and `robeval diagnose`."""
+    return [f"FLAG {check.name}: {check.flag}" for check in checks if not check.passed]

@@ -1,0 +1,257 @@
+"""Gradient-masking checks: honest models pass every check, deliberately masked ones are flagged."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+
+import pytest
+import torch
+from pyautoattack import checks as aa_checks
+from torch import Tensor, nn
+
+from robeval.data import load_test_set
+from robeval.diagnostics.masking import CHEAP_CHECKS, CHECKS, run_checks
+from robeval.errors import RobevalError
+from robeval.runs import load_model
+
+pytestmark = pytest.mark.cifar
+
+EPS = 8 / 255
+N_IMAGES = 200
+QUERIES = 200  # Square's budget in black_box: enough to break an unmasked cnn-small, fast on CPU
+OPTIONS = {"black_box": {"queries": QUERIES}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+    """A small model gains nothing from threads, and one keeps these tests fast on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def standard_model(cifar10_mini_dir, tmp_path_factory):
+    """cnn-small trained without an adversary for 3 epochs on cifar10-mini."""
+    from robeval.train import resolve_config, train
+
+    config = resolve_config("ci-small", overrides={
+        "data": {"dataset": "cifar10", "data_dir": str(cifar10_mini_dir), "val_size": 200},
+        "adversary": {"method": "standard"}, "epochs": 3})
+    folder = tmp_path_factory.mktemp("masking") / "std"
+    train(config, folder, progress=False, log=lambda _: None)
+    return load_model(folder)
+
+
+@pytest.fixture(scope="module")
+def robust_model(trained_cifar_run):
+    """cnn-small PGD-1-trained for 3 epochs on cifar10-mini (the shared session run)."""
+    return load_model(trained_cifar_run)
+
+
+@pytest.fixture(scope="module")
+def batch(cifar10_mini_dir):
+    """The first N_IMAGES cifar10-mini test images in [0,1] and their labels."""
+    test = load_test_set("cifar10", cifar10_mini_dir, N_IMAGES)
+    return test.images.float() / 255, test.labels
+
+
+class Quantised(nn.Module):
+    """Rounds the input to `levels` grey levels first: the gradient is zero almost everywhere."""
+
+    def __init__(self, net: nn.Module, levels: int = 255):
+        super().__init__()
+        self.net, self.levels = net, levels
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(torch.round(x * self.levels) / self.levels)
+
+
+class Scaled(nn.Module):
+    """Multiplies the logits by a huge constant: softmax saturates and CE gradients underflow."""
+
+    def __init__(self, net: nn.Module, factor: float = 1e5):
+        super().__init__()
+        self.net, self.factor = net, factor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x) * self.factor
+
+
+class Noisy(nn.Module):
+    """Adds Gaussian noise to the input on every pass: a randomised defence."""
+
+    def __init__(self, net: nn.Module, sigma: float = 0.03):
+        super().__init__()
+        self.net, self.sigma = net, sigma
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x + self.sigma * torch.randn_like(x))
+
+
+class Softmaxed(nn.Module):
+    """Returns probabilities instead of logits."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x).softmax(1)
+
+
+class GridOnlyGradients(nn.Module):
+    """Honest on 8-bit images, gradient-free off them: FGSM from the clean image lands on the
+    grid and works, PGD's random start leaves it and its steps stall."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        grid = torch.round(x * 255) / 255
+        on_grid = ((x - grid).abs() < 1e-6).flatten(1).all(1).float().view(-1, 1, 1, 1)
+        return self.net(grid + (x - grid) * on_grid)
+
+
+class Dynamic(nn.Module):
+    """Calls autograd inside its forward pass, as adaptive test-time defences do."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.enable_grad():
+            probe = x.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.net(probe).sum(), probe)
+        return self.net(x + 0.0 * grad)
+
+
+@pytest.fixture(scope="module")
+def small_batch(batch):
+    """The first 64 images, for tests of bookkeeping rather than of verdicts."""
+    images, labels = batch
+    return images[:64], labels[:64]
+
+
+def check(name: str, model: nn.Module, batch, **options):
+    """Run one check on the batch; its result must be JSON-serialisable."""
+    images, labels = batch
+    (result,) = run_checks(model, images, labels, eps=EPS, norm="linf", seed=0, names=[name],
+                           options={name: options} if options else None)
+    json.dumps(asdict(result), allow_nan=False)
+    return result
+
+
+def flagged(results) -> dict[str, str]:
+    """Name → flag of the checks that raised one."""
+    return {result.name: result.flag for result in results if not result.passed}
+
+
+@pytest.mark.parametrize("which", ["standard_model", "robust_model"])
+def test_honest_models_raise_no_flag(which, batch, request):
+    model = request.getfixturevalue(which)
+    images, labels = batch
+    results = run_checks(model, images, labels, eps=EPS, norm="linf", seed=0, names="all",
+                         options=OPTIONS)
+    assert [result.name for result in results] == list(CHECKS)
+    assert flagged(results) == {}
+    for result in results:
+        json.dumps(asdict(result), allow_nan=False)
+        assert result.explanation and result.flag is None
+
+
+def test_quantised_input_is_flagged_by_gradients_and_black_box(standard_model, batch):
+    model = Quantised(standard_model)
+    gradients = check("gradients", model, batch)
+    assert not gradients.passed and gradients.evidence["fraction"] == 1.0
+    black_box = check("black_box", model, batch, queries=100)  # Square breaks ~40 within 100 queries
+    assert not black_box.passed, black_box.evidence
+    assert black_box.evidence["square_only_broke"] == len(black_box.evidence["square_only_indices"])
+
+
+def test_saturated_logits_are_flagged_by_gradients(standard_model, batch):
+    result = check("gradients", Scaled(standard_model), batch)
+    assert not result.passed and result.evidence["zero_gradients"] > 0.9 * result.evidence["correct"]
+    logits = check("logits", Scaled(standard_model), batch)  # exp overflows: evidence keeps "inf"
+    assert logits.passed and logits.evidence["max_exp_sum_error"] == "inf"
+
+
+def test_random_noise_is_flagged_by_determinism(standard_model, batch):
+    result = check("determinism", Noisy(standard_model), batch)
+    assert not result.passed and result.evidence["repeat_difference"] > 1e-2
+    assert not check("autoattack_checks", Noisy(standard_model), batch).passed
+    more = check("more_iterations", Noisy(standard_model), batch)  # the best noisy iterate regresses
+    assert not more.passed, more.evidence
+
+
+def test_gradients_only_on_clean_images_are_flagged_by_fgsm_vs_pgd(standard_model, batch):
+    result = check("fgsm_vs_pgd", GridOnlyGradients(standard_model), batch)
+    assert not result.passed and result.evidence["only_weaker_broke"] > 20, result.evidence
+
+
+def test_probabilities_are_flagged_by_logits(standard_model, batch):
+    result = check("logits", Softmaxed(standard_model), batch)
+    assert not result.passed and result.evidence["outputs"] == "probabilities"
+    log_probabilities = nn.Sequential(standard_model, nn.LogSoftmax(1))
+    assert check("logits", log_probabilities, batch).evidence["outputs"] == "log-probabilities"
+    warnings = check("autoattack_checks", Softmaxed(standard_model), batch).evidence["warnings"]
+    assert any("probability distribution" in warning for warning in warnings)
+
+
+def test_autoattack_checks_leave_pyautoattack_and_the_tracer_as_they_were(standard_model, small_batch):
+    counters, previous = dict(aa_checks.funcs), sys.gettrace()
+
+    def tracer(frame, event, arg):
+        return None
+
+    sys.settrace(tracer)
+    try:
+        dynamic = check("autoattack_checks", Dynamic(standard_model), small_batch)
+        assert sys.gettrace() is tracer
+    finally:
+        sys.settrace(previous)
+    assert not dynamic.passed and any("dynamic" in w for w in dynamic.evidence["warnings"])
+    assert aa_checks.funcs == counters
+    assert check("autoattack_checks", standard_model, small_batch).passed
+
+
+def test_cheap_selection_runs_only_the_cheap_checks(standard_model, small_batch):
+    images, labels = small_batch
+    for names in (None, "cheap"):
+        results = run_checks(standard_model, images, labels, eps=EPS, norm="linf", seed=0, names=names)
+        assert [result.name for result in results] == list(CHEAP_CHECKS)
+    assert set(CHEAP_CHECKS) < set(CHECKS)
+
+
+def test_unknown_check_names_the_known_ones(standard_model, small_batch):
+    images, labels = small_batch
+    with pytest.raises(RobevalError, match="unknown masking check 'nope'.*determinism.*black_box"):
+        run_checks(standard_model, images, labels, eps=EPS, names=["determinism", "nope"])
+    with pytest.raises(RobevalError, match="unknown masking check 'nope'"):
+        run_checks(standard_model, images, labels, eps=EPS, options={"nope": {"queries": 1}})
+
+
+def test_checks_restore_mode_rng_and_leave_no_parameter_gradients(standard_model, small_batch):
+    images, labels = small_batch
+    standard_model.train()
+    state = torch.get_rng_state()
+    try:
+        results = run_checks(standard_model, images, labels, eps=EPS, seed=5,
+                             names=["determinism", "fgsm_vs_pgd", "gradients"])
+        assert standard_model.training and all(m.training for m in standard_model.modules())
+    finally:
+        standard_model.eval()
+    assert flagged(results) == {}  # batch statistics would make determinism flag a train-mode model
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(parameter.grad is None for parameter in standard_model.parameters())
+
+
+def test_checks_are_reproducible_for_a_seed(robust_model, small_batch):
+    first = check("fgsm_vs_pgd", robust_model, small_batch)
+    second = check("fgsm_vs_pgd", robust_model, small_batch)
+    assert first.evidence == second.evidence
