@@ -30,12 +30,13 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """The README's main job: train with PGD-1 on the embedded digits, then attack the model."""
+    """The README's main job: train with PGD-1 on the embedded digits, attack it, report."""
     install_robeval(session)
     session.run("robeval", "train", "--preset", "ci-small", "--out", "checkpoints/quickstart",
                 "--force")
     session.run("robeval", "attack", "checkpoints/quickstart", "--suite", "fgsm,pgd10,apgd-ce",
                 "--n", "300", *session.posargs)
+    session.run("robeval", "report")
 
 
 @nox.session
