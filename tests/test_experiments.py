@@ -1,0 +1,187 @@
+"""Experiment files: loading, the cell grid, status, and end-to-end runs that continue where they stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from robeval import experiments as ex
+from robeval.errors import RobevalError
+from robeval.results import ResultsStore
+from robeval.train.config import TrainConfig
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.yaml"))
+
+TINY = {
+    "name": "tiny",
+    "description": "two digits cells",
+    "base": {"preset": "ci-small", "epochs": 1, "diagnostics_batch": 0, "val_pgd_steps": 1,
+             "data": {"dataset": "digits", "train_subset": 128, "val_size": 64}},
+    "grid": {"model.activation": ["relu", "gelu"]},
+    "seeds": [0],
+    "attack": {"suite": "fgsm", "n": 64, "checks": False},
+    "report": {"baseline": "first", "formats": ["md"]},
+    "paper": {"source": "a paper", "note": "fewer epochs",
+              "rows": [{"cell": {"model.activation": "relu"}, "clean": 68.8, "robust": 33.0}]},
+}
+
+
+def write(tmp_path: Path, values: dict, name: str = "tiny.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path
+
+
+def one_line_error(path_or_name, match: str) -> None:
+    with pytest.raises(RobevalError, match=match) as info:
+        ex.load_experiment(path_or_name)
+    assert "\n" not in str(info.value)
+
+
+def test_cells_are_grid_product_times_seeds(tmp_path):
+    values = {**TINY, "grid": {"model.activation": ["relu", "elu(alpha=0.5)"],
+                               "optim.weight_decay": [0.0, "5e-4"]}, "seeds": [0, 1]}
+    experiment = ex.load_experiment(write(tmp_path, values))
+    found = ex.cells(experiment)
+    assert len(found) == 8
+    assert found[0].name == "activation=relu,weight_decay=0.0,seed=0"
+    assert "activation=elu-alpha=0.5,weight_decay=5e-4,seed=1" in [c.name for c in found]
+    assert all(ex.safe_name(c.name) == c.name for c in found)
+    last = found[-1]
+    assert last.config.model.activation == "elu(alpha=0.5)" and last.config.seed == 1
+    assert last.config.optim.weight_decay == pytest.approx(5e-4)
+    assert last.config.data.train_subset == 128 and last.config.preset == "ci-small"
+
+
+def test_grid_groups_vary_one_setting_and_share_the_baseline(tmp_path):
+    values = {**TINY, "paper": None, "grid": [{"optim.weight_decay": ["5e-4", 0.0]},
+                                              {"optim.label_smoothing": [0.0, 0.1]}]}
+    names = [c.name for c in ex.cells(ex.load_experiment(write(tmp_path, values)))]
+    assert names == ["weight_decay=5e-4,seed=0", "weight_decay=0.0,seed=0", "label_smoothing=0.1,seed=0"]
+
+
+def test_data_dir_overrides_base(tmp_path):
+    experiment = ex.load_experiment(write(tmp_path, TINY), data_dir=str(tmp_path))
+    assert all(c.config.data.data_dir == str(tmp_path) for c in ex.cells(experiment))
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"epochz": 3}, "unknown key 'epochz'"),
+    ({"grid": {"model.activaton": ["relu"]}}, "unknown grid key 'model.activaton'"),
+    ({"grid": {"modle.activation": ["relu"]}}, "unknown grid key 'modle.activation'"),
+    ({"grid": {"seed": [0, 1]}}, "seeds go in 'seeds'"),
+    ({"grid": {"model.activation": []}}, "non-empty list"),
+    ({"attack": {"suite": "fgsm", "device": "cpu"}}, "unknown key 'device'"),
+    ({"report": {"layout": "x"}}, "unknown key 'layout'"),
+    ({"seeds": ["a"]}, "list of integers"),
+    ({"paper": {"rows": [{"cell": {"model.activation": "tanh"}, "clean": 1}]}}, "matches no cell"),
+    ({"grid": {"model.activation": ["nope"]}}, "unknown activation"),
+])
+def test_bad_experiments_are_one_line_errors(tmp_path, change, match):
+    one_line_error(write(tmp_path, {**TINY, **change}), match)
+
+
+def test_bad_yaml_and_unknown_name_are_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n  grid: {\n")
+    one_line_error(bad, "not valid YAML")
+    one_line_error("no-such-experiment", "no experiment file 'no-such-experiment'; known .*quickstart")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_shipped_experiments_resolve(path):
+    experiment = ex.load_experiment(path.stem)
+    assert experiment.description and experiment.name == path.stem
+    found = ex.cells(experiment)
+    assert len(found) >= 2 and all(isinstance(c.config, TrainConfig) for c in found)
+    assert ex.eval_config(experiment, found[0]).suite
+
+
+def test_shipped_files_come_in_full_and_mini_pairs():
+    stems = {p.stem for p in SHIPPED}
+    studies = {"sat-table1", "sat-figure3", "sat-table2", "smoothness-table1", "bag-of-tricks"}
+    assert {"quickstart"} | studies | {f"{s}-mini" for s in studies} <= stems
+    for study in studies:
+        mini = ex.load_experiment(f"{study}-mini")
+        assert mini.attack["n"] <= 500 and ex.cells(mini)[0].config.model.arch == "cnn-small"
+
+
+def test_dry_run_lists_todo_and_writes_nothing(tmp_path):
+    experiment = ex.load_experiment(write(tmp_path, TINY))
+    lines = []
+    result = ex.run_experiment(experiment, tmp_path / "root", dry_run=True, log=lines.append)
+    assert [r.status for r in result.cells] == ["todo", "todo"]
+    assert "activation=gelu,seed=0" in lines[0] and "todo" in lines[0]
+    assert not (tmp_path / "root").exists()
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """The tiny experiment run once, end to end."""
+    tmp_path = tmp_path_factory.mktemp("experiment")
+    experiment = ex.load_experiment(write(tmp_path, TINY))
+    lines = []
+    result = ex.run_experiment(experiment, tmp_path, progress=False, log=lines.append)
+    return experiment, tmp_path, result, lines
+
+
+def test_run_trains_evaluates_and_reports(finished_run):
+    experiment, root, result, lines = finished_run
+    for cell in ex.cells(experiment):
+        assert (root / "checkpoints" / "tiny" / cell.name / "best.pt").is_file()
+    with ResultsStore(root / "reports" / "tiny" / "robeval.sqlite") as store:
+        assert len(store.runs()) == 2 and set(store.runs()["status"]) == {"finished"}
+    assert [r.status for r in result.cells] == ["done", "done"]
+    assert all(0 <= r.worst_case <= r.clean <= 1 for r in result.cells)
+    assert "cell 2/2 activation=gelu,seed=0 (1 done, 0 left): training" in lines
+    markdown = result.report["md"].read_text()
+    assert "## Published numbers beside ours" in markdown and "fewer epochs" in markdown
+    assert "| model.activation=relu | 68.8 | 33.0 |" in markdown
+
+
+def test_rerun_continues_only_what_is_missing(finished_run):
+    experiment, root, result, _ = finished_run
+    found = ex.cells(experiment)
+    last_pt = [root / "checkpoints" / "tiny" / c.name / "last.pt" for c in found]
+    stamps = [p.stat().st_mtime_ns for p in last_pt]
+    with ResultsStore(root / "reports" / "tiny" / "robeval.sqlite") as store:
+        store.delete_run(result.cells[1].run_id)
+    assert [ex.cell_status(experiment, c, root) for c in found] == ["done", "trained"]
+    lines = []
+    again = ex.run_experiment(experiment, root, progress=False, log=lines.append)
+    assert [p.stat().st_mtime_ns for p in last_pt] == stamps
+    assert lines[0].endswith(": done") and lines[1].endswith(": evaluating")
+    assert not any(line.endswith(": training") for line in lines)
+    assert again.cells[1].clean == pytest.approx(result.cells[1].clean)
+    assert [ex.cell_status(experiment, c, root) for c in found] == ["done", "done"]
+
+
+def test_interrupted_training_resumes(tmp_path, monkeypatch):
+    import robeval.train as train_module
+
+    grid = [{"optim.label_smoothing": [0.0, 0.1]}, {"optim.weight_decay": ["5e-4"]}]
+    experiment = ex.load_experiment(write(tmp_path, {**TINY, "paper": None, "grid": grid}))
+    real_train, calls = train_module.train, []
+
+    def flaky(config, out, **kwargs):
+        calls.append(kwargs["resume"])
+        if len(calls) == 2:
+            Path(out).mkdir(parents=True)
+            (Path(out) / "config.yaml").write_text(yaml.safe_dump(ex.config_to_dict(config)))
+            raise KeyboardInterrupt
+        return real_train(config, out, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        ex.run_experiment(experiment, tmp_path, progress=False, log=lambda _: None)
+    found = ex.cells(experiment)
+    assert [ex.cell_status(experiment, c, tmp_path) for c in found] == ["done", "partial"]
+    first = tmp_path / "checkpoints" / "tiny" / found[0].name / "last.pt"
+    stamp = first.stat().st_mtime_ns
+    result = ex.run_experiment(experiment, tmp_path, progress=False, log=lambda _: None)
+    assert calls == [False, False, True] and first.stat().st_mtime_ns == stamp
+    assert [r.cell.name for r in result.cells] == ["label_smoothing=0.0,seed=0", "label_smoothing=0.1,seed=0"]
+    markdown = result.report["md"].read_text()
+    assert "## One setting at a time: label_smoothing" in markdown and "Published numbers" not in markdown
