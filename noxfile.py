@@ -1,6 +1,10 @@
-"""Every way to run things: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`."""
+"""Every way to run things: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`,
+`nox -s regress`."""
 
 from __future__ import annotations
+
+import os
+from pathlib import Path
 
 import nox
 
@@ -48,3 +52,18 @@ def bench(session: nox.Session) -> None:
     install_robeval(session, "bench")
     session.run("python", "benchmarks/bench_train.py", *session.posargs)
     session.run("python", "benchmarks/bench_attacks.py", *session.posargs)
+
+
+@nox.session
+def regress(session: nox.Session) -> None:
+    """The regression check: regress-mini on cifar10-mini against its committed baseline.
+
+    The data folder is $ROBEVAL_CIFAR10_MINI, else ../shared/data/cifar10-mini beside the
+    repository; arguments after `--` go to `robeval check` (e.g. `--update` after an intended change).
+    """
+    install_robeval(session)
+    default = Path(__file__).resolve().parent.parent / "shared" / "data" / "cifar10-mini"
+    data_dir = os.environ.get("ROBEVAL_CIFAR10_MINI", str(default))
+    session.run("robeval", "check", "regress-mini", "--baseline",
+                "experiments/baselines/regress-mini.json", "--data-dir", data_dir, "--quiet",
+                *session.posargs)

@@ -243,8 +243,59 @@ def report(run_ids, db, baseline, formats, out, ci, title) -> None:
                           formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
                           ci=ci, title=title)
     paths = build_report(ResultsStore(db), config)
+    click.echo(f"report written to {out}/")
     for fmt, path in paths.items():
-        click.echo(f"{fmt}: {path}")
+        click.echo(f"  {fmt}: {path}")
+
+
+@cli.command()
+@click.argument("experiment_spec", metavar="EXPERIMENT")
+@click.option("--data-dir", default=None, help="folder with the official dataset files")
+@click.option("--root", default=".", show_default=True,
+              help="folder holding checkpoints/<name> and reports/<name>")
+@click.option("--dry-run", is_flag=True, help="list the cells and their status, do nothing")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def run(experiment_spec, data_dir, root, dry_run, quiet) -> None:
+    """Train, evaluate and report EXPERIMENT (a YAML file or a name from experiments/)."""
+    from robeval.experiments import cells_table, load_experiment, run_experiment
+
+    experiment = load_experiment(experiment_spec, data_dir=data_dir)
+    click.echo(f"experiment {experiment.name}: {experiment.description}")
+    result = run_experiment(experiment, Path(root), dry_run=dry_run, progress=not quiet,
+                            log=click.echo)
+    if not dry_run:
+        click.echo(cells_table(result.cells))
+        for fmt, path in (result.report or {}).items():
+            click.echo(f"  {fmt}: {path}")
+
+
+@cli.command()
+@click.argument("experiment_spec", metavar="EXPERIMENT")
+@click.option("--baseline", "baseline_file", required=True, help="baseline JSON to compare with")
+@click.option("--data-dir", default=None, help="folder with the official dataset files")
+@click.option("--root", default=None,
+              help="empty folder for the fresh runs (default: a temporary one, removed afterwards)")
+@click.option("--update", is_flag=True, help="rerun at every --seeds and rewrite the baseline")
+@click.option("--seeds", default="0,1,2", show_default=True,
+              help="with --update: seeds measuring the spread; the first is the check seed")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def check(experiment_spec, baseline_file, data_dir, root, update, seeds, quiet) -> int:
+    """Rerun EXPERIMENT at a fixed seed; exit 1 when a metric moved beyond the baseline's tolerance."""
+    from robeval.check import check_table, run_check, update_baseline, verdict
+    from robeval.experiments import load_experiment
+
+    experiment = load_experiment(experiment_spec, data_dir=data_dir)
+    if update:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+        baseline = update_baseline(experiment, baseline_file, root, seed_list, progress=not quiet,
+                                   log=click.echo)
+        click.echo(f"baseline of {experiment.name} ({len(baseline['cells'])} cells, seeds "
+                   f"{','.join(map(str, seed_list))}) written to {baseline_file}")
+        return 0
+    result = run_check(experiment, baseline_file, root, progress=not quiet, log=click.echo)
+    click.echo(check_table(result.metrics))
+    click.echo(verdict(result))
+    return 0 if result.passed else 1
 
 
 def default_run_name(config) -> str:
@@ -286,7 +337,7 @@ def known_names() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
     try:
-        cli.main(args=argv, prog_name="robeval", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="robeval", standalone_mode=False)
     except RobevalError as err:
         click.echo(f"error: {err}", err=True)
         return 2
@@ -296,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("interrupted: finished epochs are saved; rerun with --resume", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
