@@ -29,6 +29,15 @@ def cifar10_mini_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models gain nothing from threads; one keeps their tests fast on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _offline_and_seeded(monkeypatch):
     """Tests never download anything and start from a known RNG state."""

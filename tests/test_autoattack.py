@@ -16,7 +16,7 @@ from robeval.attacks.autoattack import ENTRIES, LOGGER_NAME, PyAutoAttack
 from robeval.data import DataConfig, load_data, load_test_set
 from robeval.errors import RobevalError
 
-pytestmark = pytest.mark.cifar
+pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
 
 EPS = 8 / 255
 N_IMAGES = 64  # at ε=8/255 one point survives APGD-CE, so every part of `aa` runs on it
@@ -26,14 +26,6 @@ PARTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
 STANDARD = {"apgd.n_restarts": 1, "apgd_targeted.n_target_classes": 9, "fab.n_restarts": 1,
             "apgd_targeted.n_restarts": 1, "fab.n_target_classes": 9, "square.n_queries": 5000}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """A tiny model gains nothing from threads, and one keeps these tests fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

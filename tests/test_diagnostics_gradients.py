@@ -28,15 +28,10 @@ from robeval.diagnostics import (
 from robeval.errors import RobevalError
 from robeval.models import build_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 CIFAR_NORMALISATION = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def assert_close(actual, expected, rtol=1.3e-6, atol=1e-5, what=""):

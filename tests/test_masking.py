@@ -16,21 +16,13 @@ from robeval.diagnostics.masking import CHEAP_CHECKS, CHECKS, run_checks
 from robeval.errors import RobevalError
 from robeval.runs import load_model
 
-pytestmark = pytest.mark.cifar
+pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
 
 EPS = 8 / 255
 N_IMAGES = 200
 QUERIES = 200  # Square's budget in black_box: enough to break an unmasked cnn-small, fast on CPU
 OPTIONS = {"black_box": {"queries": QUERIES}}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """A small model gains nothing from threads, and one keeps these tests fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

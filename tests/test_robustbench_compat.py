@@ -24,6 +24,8 @@ from torch import nn
 from robeval import robustbench_compat
 from robeval.errors import RobevalError
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 N_IMAGES = 32
 BATCH_SIZE = 10  # several batches for 32 images, and not pyautoattack's default of 250
 EPS = 2 / 255  # small enough that some of the tiny model's correct answers survive
@@ -58,14 +60,6 @@ def _tiny_model() -> nn.Module:
     """A linear CIFAR-10 classifier."""
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models gain nothing from threads, and one keeps these tests fast on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

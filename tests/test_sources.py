@@ -15,16 +15,10 @@ from robeval.robustbench_compat import import_robustbench
 from robeval.sources import ModelSource, load_source
 from robeval.train import resolve_config, train
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RB_NAME = "Sehwag2021Proxy_R18"  # CIFAR-10 Linf, robustbench's ResNet18: quick to build on CPU
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Keep to one CPU thread (the machine is shared), then restore."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
