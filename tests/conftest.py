@@ -29,6 +29,17 @@ def cifar10_mini_dir() -> Path:
     return path
 
 
+def fit_full_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                   steps: int = 100, lr: float = 1e-3) -> torch.nn.Module:
+    """A quick honest classifier: `steps` full-batch Adam steps on cross-entropy, then eval mode."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    return model.eval()
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models gain nothing from threads; one keeps their tests fast on a busy machine."""

@@ -15,6 +15,7 @@ from robeval.attacks import ATTACKS, ThreatModel, build_attack, parse_suite
 from robeval.attacks.autoattack import ENTRIES, LOGGER_NAME, PyAutoAttack
 from robeval.data import DataConfig, load_data, load_test_set
 from robeval.errors import RobevalError
+from tests.conftest import fit_full_batch
 
 pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -36,12 +37,7 @@ def model(cifar10_mini_dir):
     images, labels = next(load_data(config).train.batches(1024))
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-    for _ in range(100):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(net(images), labels).backward()
-        optimizer.step()
-    return net.eval()
+    return fit_full_batch(net, images, labels)
 
 
 @pytest.fixture(scope="module")

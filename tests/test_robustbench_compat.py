@@ -23,6 +23,7 @@ from torch import nn
 
 from robeval import robustbench_compat
 from robeval.errors import RobevalError
+from tests.conftest import fit_full_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -80,13 +81,7 @@ def trained_model(cifar10_mini_dir):
     """The linear model after 100 full-batch Adam steps on data_batch_1, in eval mode."""
     torch.manual_seed(SEED)
     images, labels = _load_batch(cifar10_mini_dir, "data_batch_1")
-    model = _tiny_model()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(100):
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-    return model.eval()
+    return fit_full_batch(_tiny_model(), images, labels)
 
 
 @pytest.fixture(scope="module")
