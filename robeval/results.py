@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import math
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
@@ -248,12 +249,27 @@ class ResultsStore:
     def _configure(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
         self._db.execute("PRAGMA foreign_keys = ON")
-        mode = self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        mode = self._enable_wal()
         if str(mode).lower() != "wal":
             raise RobevalError(
                 f"results database {self.path} cannot use write-ahead logging (journal mode {mode}): "
                 "pass --db with a path on a local disk"
             )
+
+    def _enable_wal(self) -> str:
+        """Switch to write-ahead logging, retrying while another process holds the file.
+
+        SQLite answers a journal-mode change that races another connection with an immediate
+        "database is locked" (its busy handler is not consulted), so the wait is done here.
+        """
+        deadline = time.monotonic() + BUSY_TIMEOUT_S
+        while True:
+            try:
+                return self._db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            except sqlite3.OperationalError as err:
+                if "locked" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def _migrate(self) -> None:
         with self._write():
