@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from robeval.attacks.losses import margin
 from robeval.errors import RobevalError, UnknownNameError
 from robeval.registry import Registry, canonical
 from robeval.spec import format_spec, parse_spec
@@ -54,10 +55,7 @@ _PGD_NAME = re.compile(r"^pgd(\d+)(-smooth)?$")
 
 def margins(logits: Tensor, labels: Tensor) -> Tensor:
     """logit of the true class minus the largest other logit (negative: misclassified)."""
-    true = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.clone()
-    others.scatter_(1, labels[:, None], float("-inf"))
-    return true - others.amax(1)
+    return -margin(logits, labels)
 
 
 def split_suite(text: str) -> list[str]:
