@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from robeval.errors import RobevalError
+from robeval.errors import PeerError, RobevalError
 from robeval.spec import parse_eps
 
 # (option, config section or None for top level, field, type, help)
@@ -56,6 +56,8 @@ TRAIN_OPTIONS = [
      "fixed training images for per-epoch gradient diagnostics (0: off)"),
     ("--stop-on-collapse/--no-stop-on-collapse", None, "stop_on_collapse", None,
      "end the run when catastrophic overfitting is flagged"),
+    ("--sync-bn/--no-sync-bn", None, "sync_bn", None,
+     "with several ranks: BatchNorm statistics over the global batch"),
 ]
 
 
@@ -86,6 +88,22 @@ def overrides_from(params: dict) -> dict:
     return overrides
 
 
+nproc_option = click.option(
+    "--nproc", type=int, default=None,
+    help="run on N local ranks (GPUs, or CPU processes) under torchrun")
+
+
+def relaunch(nproc: int | None, hint: str) -> bool:
+    """Start this command again under torchrun on `nproc` ranks; False when not asked to."""
+    from robeval.distributed import launch, launched_by_torchrun, strip_option
+
+    if nproc is None or nproc == 1 or launched_by_torchrun():
+        return False
+    args = click.get_current_context().find_root().obj["args"]
+    launch(nproc, strip_option(args, "--nproc"), hint=hint)
+    return True
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="robeval")
 def cli() -> None:
@@ -101,8 +119,10 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="overwrite a different run in --out")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--list", "list_names", is_flag=True, help="list presets, models, activations")
-def train(preset, config_file, out, resume, force, quiet, list_names, **params) -> None:
+@nproc_option
+def train(preset, config_file, out, resume, force, quiet, list_names, nproc, **params) -> None:
     """Smooth adversarial training: write checkpoints, config and history to --out."""
+    from robeval.distributed import main_only, session
     from robeval.train import resolve_config
     from robeval.train import train as run_training
 
@@ -111,13 +131,17 @@ def train(preset, config_file, out, resume, force, quiet, list_names, **params) 
         return
     config = resolve_config(preset, config_file, overrides_from(params))
     out_dir = Path(out) if out else Path("checkpoints") / default_run_name(config)
-    click.echo(f"training {config.model.arch} ({config.model.activation}) with "
-               f"{config.adversary.method} on {config.data.dataset} → {out_dir}")
-    result = run_training(config, out_dir, resume=resume, force=force, progress=not quiet,
-                          log=click.echo)
-    click.echo(history_table(result.history))
-    click.echo(f"best checkpoint: {out_dir / 'best.pt'} (epoch {result.best_epoch}, "
-               f"val PGD acc {100 * (result.best_val_pgd_acc or 0):.1f}%)")
+    if relaunch(nproc, f"finished epochs are kept in {out_dir}: rerun with --resume to continue"):
+        return
+    with session(config.device) as world:
+        echo = main_only(click.echo, world)
+        echo(f"training {config.model.arch} ({config.model.activation}) with "
+             f"{config.adversary.method} on {config.data.dataset} → {out_dir}")
+        result = run_training(config, out_dir, resume=resume, force=force, progress=not quiet,
+                              log=click.echo, world=world)
+        echo(history_table(result.history))
+        echo(f"best checkpoint: {out_dir / 'best.pt'} (epoch {result.best_epoch}, "
+             f"val PGD acc {100 * (result.best_val_pgd_acc or 0):.1f}%)")
 
 
 @cli.command()
@@ -145,9 +169,11 @@ def train(preset, config_file, out, resume, force, quiet, list_names, **params) 
 @click.option("--checks/--no-checks", default=True, show_default=True,
               help="run the cheap gradient-masking checks afterwards")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@nproc_option
 def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, data_dir, db,
-           seed, mode, arch, activation, model_dir, fresh, checks, quiet) -> None:
+           seed, mode, arch, activation, model_dir, fresh, checks, quiet, nproc) -> None:
     """Evaluate MODEL (run folder, checkpoint, state_dict + --arch, robustbench:NAME)."""
+    from robeval.distributed import rank_device, session
     from robeval.evaluate import EvalConfig, evaluate, format_summary
     from robeval.results import ResultsStore
     from robeval.sources import load_source
@@ -155,15 +181,21 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
 
     if batch_size != "auto" and not batch_size.isdigit():
         raise RobevalError(f"--batch-size must be auto or a positive number, not {batch_size!r}")
+    if relaunch(nproc, f"finished batches are kept in {db}: rerun the same command to continue"):
+        return
     parsed_eps = None if eps is None else parse_eps(eps)
-    source = load_source(model_spec, arch=arch, activation=activation, dataset=dataset,
-                         model_dir=model_dir, eps=parsed_eps, norm=norm,
-                         device=resolve_device(device))
     config = EvalConfig(suite=suite, eps=parsed_eps, norm=norm, n=n_images,
                         batch_size=batch_size, seed=seed, mode=mode, dataset=dataset,
                         data_dir=data_dir, device=device, checks=checks)
-    store = ResultsStore(db)
-    result = evaluate(source, config, store, fresh=fresh, progress=not quiet, log=click.echo)
+    with session(device) as world:
+        source = load_source(model_spec, arch=arch, activation=activation, dataset=dataset,
+                             model_dir=model_dir, eps=parsed_eps, norm=norm,
+                             device=rank_device(resolve_device(device), world))
+        store = ResultsStore(db) if world.is_main else None  # rank 0 alone writes outcomes
+        result = evaluate(source, config, store, fresh=fresh, progress=not quiet,
+                          log=click.echo, world=world)
+    if not world.is_main:
+        return
     n_done = int(result.summary.loc["clean", "n"])
     click.echo(f"{source.name} on {n_done} images ({mode}); outcomes in {db} (run "
                f"{result.run_id})")
@@ -334,13 +366,30 @@ def known_names() -> str:
                       f"datasets: {', '.join(DATASETS.names())}"])
 
 
+def first_line(err: Exception) -> str:
+    """The first line of an exception's message."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = cli.main(args=argv, prog_name="robeval", standalone_mode=False)
+        code = cli.main(args=args, prog_name="robeval", standalone_mode=False,
+                        obj={"args": args})
+    except PeerError:
+        return 2       # rank 0 prints it
     except RobevalError as err:
         click.echo(f"error: {err}", err=True)
         return 2
+    except Exception as err:
+        from robeval.distributed import lost_peer
+
+        if not lost_peer(err):
+            raise
+        click.echo(f"error: another rank stopped ({first_line(err)}); finished work is saved: "
+                   "rerun the same command (train: with --resume) to continue", err=True)
+        return 1
     except click.ClickException as err:
         err.show()
         return err.exit_code

@@ -10,3 +10,10 @@ class UnknownNameError(RobevalError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])
+
+
+class PeerError(RobevalError):
+    """An error raised on rank 0 of a distributed job and re-raised on the other ranks.
+
+    Rank 0 prints it; the other ranks exit quietly so the message appears once.
+    """

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from robeval.attacks import Attack, ThreatModel, parse_suite
 from robeval.data import dataset_info, load_test_set
+from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
 from robeval.errors import RobevalError
 from robeval.results import OutcomeRow, ResultsStore, RunRecord, SampleRow
 from robeval.sources import ModelSource
@@ -224,11 +225,20 @@ def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     return model
 
 
-def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore, fresh: bool = False,
-             progress: bool = True, log: Callable[[str], None] = print) -> EvalResult:
-    """Evaluate `source.model` against `config.suite`; outcomes go to `store` batch by batch."""
+def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore | None,
+             fresh: bool = False, progress: bool = True, log: Callable[[str], None] = print,
+             world: World | None = None) -> EvalResult:
+    """Evaluate `source.model` against `config.suite`; outcomes go to `store` batch by batch.
+
+    Under torchrun every rank calls this (only rank 0 needs a `store`): the unfinished batches
+    are dealt out round-robin, each rank attacks its own, and rank 0 gathers and writes the
+    outcomes, which are the same per sample as a single process's because batches and their
+    seeds do not depend on the number of ranks.
+    """
+    world = world or current()
+    log = main_only(log, world)
     plan = resolve(config, source)
-    device = resolve_device(config.device)
+    device = rank_device(resolve_device(config.device), world)
     attacks = parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm))
     test = load_test_set(plan.dataset, plan.data_dir, plan.n)
     info = dataset_info(plan.dataset)
@@ -237,6 +247,44 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore, fresh
     images, labels = test.images.to(device), test.labels.to(device)
     model = prepare_model(source.model, device)
     specs = [attack.spec for attack in attacks]
+    run_id, batch_size, todo, n_done = on_main(
+        lambda: open_evaluation(source, config, plan, specs, store, model, images, labels,
+                                device, fresh, log), world)
+    n_batches = -(-len(labels) // batch_size)
+    chunk = batch_size
+    bar = tqdm(total=n_batches, initial=n_done, desc="batches", unit="batch",
+               disable=not (progress and world.is_main))
+    for first in range(0, len(todo), world.size):
+        mine = todo[first + world.rank] if first + world.rank < len(todo) else None
+        finished = None
+        if mine is not None:
+            start = mine * batch_size
+            x = images[start:start + batch_size].float() / 255
+            y = labels[start:start + batch_size]
+            *outcomes, chunk = evaluate_batch(model, attacks, x, y, start, mine, plan, chunk)
+            finished = (mine, *outcomes)
+        for batch_result in gather(finished, world) or []:
+            if batch_result is not None:
+                store.write_batch(run_id, *batch_result)
+                bar.update()
+    bar.close()
+    checks, summary = [], None
+    if world.is_main:
+        if config.checks:
+            checks = run_cheap_checks(model, images[:CHECK_IMAGES].float() / 255,
+                                      labels[:CHECK_IMAGES], plan)
+            store.set_notes(run_id, {"checks": {check.name: asdict(check) for check in checks}})
+        store.finish_run(run_id)
+        summary = store.summary(run_id)
+    barrier(world)
+    return EvalResult(run_id, store, summary, n_done, checks)
+
+
+def open_evaluation(source: ModelSource, config: EvalConfig, plan: ResolvedEval,
+                    specs: list[str], store: ResultsStore, model: nn.Module, images: Tensor, labels: Tensor,
+                    device: torch.device, fresh: bool,
+                    log: Callable[[str], None]) -> tuple[int, int, list[int], int]:
+    """Find or open the run in the store: (run id, batch size, batches to do, batches done)."""
     requested = str(config.batch_size)
     key = run_key(source, plan, specs, requested)
     run_id = store.find_run(key)
@@ -257,24 +305,8 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore, fresh
     n_batches = -(-len(labels) // batch_size)
     if done:
         log(f"resuming: {len(done)} of {n_batches} batches already in {store.path}")
-    chunk = batch_size
-    bar = tqdm(range(n_batches), desc="batches", disable=not progress, unit="batch")
-    for batch in bar:
-        if batch in done:
-            continue
-        start = batch * batch_size
-        x = images[start:start + batch_size].float() / 255
-        y = labels[start:start + batch_size]
-        samples, rows, seconds, chunk = evaluate_batch(model, attacks, x, y, start, batch, plan,
-                                                       chunk)
-        store.write_batch(run_id, batch, samples, rows, seconds)
-    checks = []
-    if config.checks:
-        checks = run_cheap_checks(model, images[:CHECK_IMAGES].float() / 255,
-                                  labels[:CHECK_IMAGES], plan)
-        store.set_notes(run_id, {"checks": {check.name: asdict(check) for check in checks}})
-    store.finish_run(run_id)
-    return EvalResult(run_id, store, store.summary(run_id), len(done), checks)
+    todo = [batch for batch in range(n_batches) if batch not in done]
+    return run_id, batch_size, todo, n_batches - len(todo)
 
 
 def run_cheap_checks(model: nn.Module, images: Tensor, labels: Tensor, plan: ResolvedEval) -> list:

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from robeval.data import DATASETS, DatasetEntry, DatasetInfo
-from robeval.data.batches import Batch
+from robeval.data.batches import Batch, shard_slice
 from robeval.errors import RobevalError
 
 IMAGE_SIZE = 224
@@ -51,13 +51,20 @@ class FolderSource:
         return self
 
     def batches(self, batch_size: int, seed: int = 0, shuffle: bool = False,
-                drop_last: bool = False) -> Iterator[Batch]:
-        """Batches of (images in [0,1], labels); `seed` fixes the order and the augmentation."""
+                drop_last: bool = False, shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+        """Batches of (images in [0,1], labels); `seed` fixes the order and the augmentation.
+
+        With `shard=(rank, ranks)` this rank loads only its part of each global batch.
+        """
         generator = torch.Generator().manual_seed(seed)
+        n = len(self.dataset)
+        order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        stop = n - n % batch_size if drop_last and n >= batch_size else n
+        parts = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+        batch_indices = [part[shard_slice(len(part), shard)].tolist() for part in parts]
         loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-            num_workers=self.workers, generator=generator,
-            pin_memory=self.device.type == "cuda")
+            self.dataset, batch_sampler=batch_indices, num_workers=self.workers,
+            generator=generator, pin_memory=self.device.type == "cuda")
         for images, labels in loader:
             yield (images.to(self.device, non_blocking=True),
                    labels.to(self.device, non_blocking=True))

@@ -51,7 +51,7 @@ class OptimConfig:
     milestones: tuple[int, ...] = () # piecewise: epochs where the LR is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: float = 0         # linear LR warm-up from 0, in epochs
-    batch_size: int = 128            # images per optimiser step
+    batch_size: int = 128            # images per optimiser step, summed over all ranks
     lr_scaling: str = "none"         # none | linear: lr × batch_size / base_batch_size
     base_batch_size: int = 128
     label_smoothing: float = 0.0     # on the training loss only, never in the attack
@@ -74,6 +74,7 @@ class TrainConfig:
     early_stop_patience: int | None = None  # stop after N epochs without a better val PGD acc
     diagnostics_batch: int = 128     # fixed training images for per-epoch gradient diagnostics (0: off)
     stop_on_collapse: bool = False   # end the run when catastrophic overfitting is flagged
+    sync_bn: bool = False            # several ranks: BatchNorm statistics over the global batch
     preset: str | None = None        # the preset this config started from, for the record
 
     @property

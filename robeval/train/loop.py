@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,9 +25,22 @@ from robeval.checkpoints import (
 )
 from robeval.data import DatasetInfo, load_data
 from robeval.data.batches import BatchSource
+from robeval.distributed import (
+    SINGLE,
+    World,
+    all_sum,
+    barrier,
+    broadcast,
+    current,
+    main_only,
+    on_main,
+    rank_device,
+    sync_batchnorm,
+    wrap,
+)
 from robeval.errors import RobevalError
 from robeval.models import NormalizedModel, build_model
-from robeval.train.config import TrainConfig, config_to_dict
+from robeval.train.config import TrainConfig, config_from_dict, config_to_dict
 from robeval.train.methods import METHODS
 from robeval.train.schedule import eps_at, lr_at
 
@@ -83,7 +97,7 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -
             (out / name).unlink(missing_ok=True)
     if config_path.is_file():
         saved = yaml.safe_load(config_path.read_text())
-        if saved != wanted:
+        if _normalised(saved) != wanted:
             raise RobevalError(
                 f"{out} holds a different run: choose another --out, or pass --force to overwrite it"
             )
@@ -97,14 +111,27 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -
     return None
 
 
+def _normalised(saved) -> dict | None:
+    """A saved config with the defaults of settings added since it was written."""
+    try:
+        return config_to_dict(config_from_dict(saved))
+    except (RobevalError, TypeError, AttributeError):
+        return None
+
+
 @torch.no_grad()
 def _correct(logits: torch.Tensor | None, labels: torch.Tensor) -> int | None:
     return None if logits is None else int((logits.argmax(1) == labels).sum())
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: BatchSource,
-                    config: TrainConfig, epoch: int, progress: bool) -> dict:
-    """One pass over the training set; returns loss and accuracies (None where not measured)."""
+                    config: TrainConfig, epoch: int, progress: bool,
+                    world: World = SINGLE) -> dict:
+    """One pass over the training set; returns loss and accuracies (None where not measured).
+
+    With several ranks each one trains on its part of every global batch and the figures are
+    summed over the ranks.
+    """
     method = METHODS[config.adversary.method]
     criterion = lambda logits, labels: F.cross_entropy(  # noqa: E731
         logits, labels, label_smoothing=config.optim.label_smoothing)
@@ -113,11 +140,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
     device = next(model.parameters()).device
     amp = torch.autocast("cuda", dtype=torch.bfloat16,
                          enabled=config.amp and device.type == "cuda")
-    totals = {"loss": 0.0, "clean": 0, "adv": 0, "seen": 0, "clean_seen": 0, "adv_seen": 0}
+    totals = dict.fromkeys(("loss", "seen", "clean", "clean_seen", "adv", "adv_seen"), 0.0)
     batches = source.batches(batch_size, epoch_seed(config.seed, epoch), shuffle=True,
-                             drop_last=True)
+                             drop_last=True, shard=(world.rank, world.size))
     bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}",
-               leave=False, disable=not progress, unit="batch")
+               leave=False, disable=not (progress and world.is_main), unit="batch")
     model.train()
     for index, (images, labels) in enumerate(bar):
         progress_epochs = epoch + index / n_batches
@@ -126,16 +153,17 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
         eps = eps_at(config, progress_epochs)
         with gradient_phase(model, OPTIMIZER), amp:
             output = method(model, images, labels, config.adversary, eps, criterion)
-        if not torch.isfinite(output.loss):
+        loss = output.loss.item()
+        if not _finite_everywhere(loss, world, device):
             raise RobevalError(
-                f"loss became {output.loss.item()} at epoch {epoch + 1}, batch {index + 1}: "
+                f"loss became {loss} at epoch {epoch + 1}, batch {index + 1}: "
                 f"the last good checkpoint is kept; lower --lr or add --warmup-epochs"
             )
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
         size = len(labels)
-        totals["loss"] += output.loss.item() * size
+        totals["loss"] += loss * size
         totals["seen"] += size
         for key, logits in (("clean", output.clean_logits), ("adv", output.adv_logits)):
             correct = _correct(logits, labels)
@@ -143,22 +171,32 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
                 totals[key] += correct
                 totals[f"{key}_seen"] += size
         bar.set_postfix(loss=f"{totals['loss'] / totals['seen']:.3f}")
-    seen = max(totals["seen"], 1)
+    totals = dict(zip(totals, all_sum(list(totals.values()), world, device), strict=True))
 
     def rate(key):
         return totals[key] / totals[f"{key}_seen"] if totals[f"{key}_seen"] else None
 
-    return {"loss": totals["loss"] / seen, "train_clean_acc": rate("clean"),
+    return {"loss": totals["loss"] / max(totals["seen"], 1), "train_clean_acc": rate("clean"),
             "train_adv_acc": rate("adv")}
 
 
+def _finite_everywhere(loss: float, world: World, device: torch.device) -> bool:
+    """Whether the loss is finite on every rank (all ranks must agree to stop together)."""
+    bad = 0.0 if math.isfinite(loss) else 1.0
+    return all_sum([bad], world, device)[0] == 0 if world.distributed else bad == 0
+
+
 def validate(model: nn.Module, source: BatchSource, eps: float, steps: int, norm: str,
-             batch_size: int, seed: int) -> dict:
-    """Clean and PGD-K accuracy (step ε/4, random start) with the exact gradient, eval mode."""
+             batch_size: int, seed: int, world: World = SINGLE) -> dict:
+    """Clean and PGD-K accuracy (step ε/4, random start) with the exact gradient, eval mode.
+
+    With several ranks each one attacks its part of every batch and the counts are summed.
+    """
     model.eval()
-    torch.manual_seed(seed)
+    torch.manual_seed(rank_seed(seed, world))
     clean = robust = total = 0
-    for images, labels in source.batches(batch_size, seed):
+    device = next(model.parameters()).device
+    for images, labels in source.batches(batch_size, seed, shard=(world.rank, world.size)):
         with torch.no_grad():
             clean_ok = model(images).argmax(1) == labels
         adv_images, _ = perturb(model, images, labels, eps, steps, eps / 4, norm,
@@ -169,8 +207,14 @@ def validate(model: nn.Module, source: BatchSource, eps: float, steps: int, norm
         robust += int(robust_ok.sum())
         total += len(labels)
     model.train()
+    clean, robust, total = all_sum([clean, robust, total], world, device)
     total = max(total, 1)
     return {"val_clean_acc": clean / total, "val_pgd_acc": robust / total}
+
+
+def rank_seed(seed: int, world: World) -> int:
+    """The seed of this rank's random starts (rank 0's equals a single process's)."""
+    return seed + 7_919 * world.rank
 
 
 def fixed_batch(source: BatchSource, size: int):
@@ -232,53 +276,69 @@ def summary_line(row: dict, config: TrainConfig) -> str:
 
 def train(config: TrainConfig, out: str | Path, resume: bool = False, force: bool = False,
           progress: bool = True, log: Callable[[str], None] = print,
-          callbacks: Sequence[EpochCallback] = ()) -> TrainResult:
+          callbacks: Sequence[EpochCallback] = (), world: World | None = None) -> TrainResult:
     """Train `config` into the run folder `out` (config.yaml, last.pt, best.pt, history.jsonl).
 
     With `resume`, an interrupted run continues from its last finished epoch and ends with the
     same weights as an uninterrupted one (on CPU); an existing run is never overwritten
-    without `force`.
+    without `force`. Under torchrun every rank calls this: the model is wrapped in
+    DistributedDataParallel, each rank trains on its part of every global batch, and only
+    rank 0 writes files, logs and calls `callbacks`.
     """
     out = Path(out)
-    state = prepare_run_dir(out, config, resume, force)
-    device = resolve_device(config.device)
+    world = world or current()
+    log = main_only(log, world)
+    state, history = on_main(lambda: _open_run(out, config, resume, force, world), world)
+    device = rank_device(resolve_device(config.device), world)
     torch.manual_seed(config.seed)
     data = load_data(config.data, device)
-    model = model_for(config, data.info).to(device)
-    optimizer = make_optimizer(config, model)
+    network = model_for(config, data.info).to(device)
+    if config.sync_bn and world.distributed:
+        network = sync_batchnorm(network, device)
+    optimizer = make_optimizer(config, network)
     val_source = data.val if data.val is not None else data.test
-    history, best, start = [], {"epoch": None, "val_pgd_acc": None}, 0
+    best, start = {"epoch": None, "val_pgd_acc": None}, 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        network.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, best = int(state["epoch"]), dict(state["best"])
-        history = read_jsonl(out / "history.jsonl")[:start]
         log(f"resuming {out} after epoch {start}")
+    model = wrap(network, world, device)
+    if world.distributed:
+        log(f"{world.size} ranks × {config.optim.batch_size // world.size} images = global batch "
+            f"{config.optim.batch_size}; peak lr {config.effective_lr:g} (scaling "
+            f"{config.optim.lr_scaling}); BatchNorm {'synchronised' if config.sync_bn else 'per rank'}")
     result = TrainResult(out, history, best["epoch"], best["val_pgd_acc"])
-    probe = fixed_batch(data.train, config.diagnostics_batch) if config.diagnostics_batch else None
+    probe = (fixed_batch(data.train, config.diagnostics_batch)
+             if config.diagnostics_batch and world.is_main else None)
     for epoch in range(start, config.epochs):
         started = time.perf_counter()
-        torch.manual_seed(epoch_seed(config.seed, epoch))
+        torch.manual_seed(rank_seed(epoch_seed(config.seed, epoch), world))
         row = {"epoch": epoch + 1, "lr": lr_at(config, epoch), "eps": eps_at(config, epoch)}
-        row.update(train_one_epoch(model, optimizer, data.train, config, epoch, progress))
-        row.update(validate(model, val_source, config.adversary.eps, config.val_pgd_steps,
+        row.update(train_one_epoch(model, optimizer, data.train, config, epoch, progress, world))
+        row.update(validate(network, val_source, config.adversary.eps, config.val_pgd_steps,
                             config.adversary.norm, config.val_batch_size,
-                            epoch_seed(config.seed, epoch) + 1))
+                            epoch_seed(config.seed, epoch) + 1, world))
         if probe is not None:
-            row.update(epoch_diagnostics(model, probe, config, epoch_seed(config.seed, epoch) + 2))
+            row.update(epoch_diagnostics(network, probe, config, epoch_seed(config.seed, epoch) + 2))
             row["collapse"] = collapsed(history, row)
         row["time"] = time.perf_counter() - started
+        if world.distributed:
+            row["ranks"] = world.size
+        row = broadcast(row, world)   # every rank takes rank 0's decisions below
         history.append(row)
-        write_jsonl(out / "history.jsonl", history)
         if best["val_pgd_acc"] is None or row["val_pgd_acc"] > best["val_pgd_acc"]:
             best = {"epoch": epoch + 1, "val_pgd_acc": row["val_pgd_acc"]}
-            save_checkpoint({"format": "robeval-checkpoint/1", "model": model.state_dict(),
-                             "epoch": epoch + 1, "val_pgd_acc": row["val_pgd_acc"],
-                             "config": config_to_dict(config)}, out / "best.pt")
-        save_checkpoint(_state(model, optimizer, config, epoch + 1, best), out / "last.pt")
+            if world.is_main:
+                save_checkpoint({"format": "robeval-checkpoint/1", "model": network.state_dict(),
+                                 "epoch": epoch + 1, "val_pgd_acc": row["val_pgd_acc"],
+                                 "config": config_to_dict(config)}, out / "best.pt")
+        if world.is_main:
+            write_jsonl(out / "history.jsonl", history)
+            save_checkpoint(_state(network, optimizer, config, epoch + 1, best), out / "last.pt")
+            for callback in callbacks:
+                callback(epoch + 1, row, network)
         log(summary_line(row, config))
-        for callback in callbacks:
-            callback(epoch + 1, row, model)
         if row.get("collapse"):
             log(f"catastrophic overfitting flagged at epoch {epoch + 1}: PGD-10 accuracy on the "
                 f"fixed training batch {100 * row['diag_pgd10_acc']:.1f}% vs FGSM "
@@ -292,6 +352,19 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             log(f"early stop: no better val PGD accuracy for {patience} epochs")
             result.stopped_early = True
             break
+    barrier(world)
     result.history = history
     result.best_epoch, result.best_val_pgd_acc = best["epoch"], best["val_pgd_acc"]
     return result
+
+
+def _open_run(out: Path, config: TrainConfig, resume: bool, force: bool,
+              world: World) -> tuple[dict | None, list[dict]]:
+    """Rank 0's view of the run folder: the state to resume from and the history so far."""
+    if config.optim.batch_size % world.size:
+        raise RobevalError(f"--batch-size {config.optim.batch_size} does not split evenly over "
+                           f"{world.size} ranks: choose a multiple of {world.size}")
+    state = prepare_run_dir(out, config, resume, force)
+    if state is None:
+        return None, []
+    return state, read_jsonl(out / "history.jsonl")[:int(state["epoch"])]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from robeval.activations import ATTACKER, gradient_phase
 from robeval.attacks.pgd import perturb
+from robeval.distributed import unwrap
 from robeval.train.config import AdversaryConfig
 
 
@@ -36,13 +37,18 @@ Method = Callable[[nn.Module, Tensor, Tensor, AdversaryConfig, float, Criterion]
 
 @contextmanager
 def crafting(model: nn.Module, bn_mode: str):
-    """BatchNorm in `bn_mode` and smooth-gradient attacker phase while examples are crafted."""
-    model.train(bn_mode == "train")
+    """BatchNorm in `bn_mode` and smooth-gradient attacker phase while examples are crafted.
+
+    Yields the network to attack: inside a DistributedDataParallel wrapper, the wrapped
+    module, because the attacker's input gradients must not start a gradient all-reduce.
+    """
+    attacker = unwrap(model)
+    attacker.train(bn_mode == "train")
     try:
-        with gradient_phase(model, ATTACKER):
-            yield
+        with gradient_phase(attacker, ATTACKER):
+            yield attacker
     finally:
-        model.train()
+        attacker.train()
 
 
 def step_size_for(adv: AdversaryConfig, steps: int) -> float | None:
@@ -61,11 +67,11 @@ def standard(model, images, labels, adv, eps, criterion) -> StepOutput:
 
 
 def _adversarial(model, images, labels, adv, eps, criterion, steps: int) -> StepOutput:
-    with crafting(model, adv.bn_mode):
+    with crafting(model, adv.bn_mode) as attacker:
         step = step_size_for(adv, steps)
         if step is not None and adv.eps > 0:
             step *= eps / adv.eps  # follow the ε warm-up
-        adv_images, first_logits = perturb(model, images, labels, eps, steps, step,
+        adv_images, first_logits = perturb(attacker, images, labels, eps, steps, step,
                                            adv.norm, adv.random_start)
     logits = model(adv_images)
     loss = criterion(logits, labels)
@@ -92,10 +98,10 @@ def _kl_to(clean_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
 
 def trades(model, images, labels, adv, eps, criterion) -> StepOutput:
     """TRADES (Zhang et al.): CE(f(x)) + β·KL(f(x) ‖ f(x')), x' maximising the KL term."""
-    with crafting(model, adv.bn_mode):
+    with crafting(model, adv.bn_mode) as attacker:
         with torch.no_grad():
-            clean_probs = F.softmax(model(images), 1)
-        adv_images, _ = perturb(model, images, labels, eps, adv.steps, adv.step_size, adv.norm,
+            clean_probs = F.softmax(attacker(images), 1)
+        adv_images, _ = perturb(attacker, images, labels, eps, adv.steps, adv.step_size, adv.norm,
                                 loss_fn=_kl_to(clean_probs),
                                 init=0.001 * torch.randn_like(images))
     clean_logits, adv_logits = model(images), model(adv_images)
