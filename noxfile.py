@@ -45,13 +45,14 @@ def demo(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Training-cost and attack-cost ratios (bench_train.py, bench_attacks.py) → BENCHMARKS.md.
+    """Training cost, attack cost and distributed scaling (benchmarks/bench_*.py) → BENCHMARKS.md.
 
-    Arguments after `--` go to both scripts (e.g. `--data-dir DIR --device cpu`).
+    Arguments after `--` go to every script (e.g. `--data-dir DIR --device cpu`).
     """
     install_robeval(session, "bench")
     session.run("python", "benchmarks/bench_train.py", *session.posargs)
     session.run("python", "benchmarks/bench_attacks.py", *session.posargs)
+    session.run("python", "benchmarks/bench_distributed.py", *session.posargs)
 
 
 @nox.session

@@ -150,7 +150,7 @@ def train(preset, config_file, out, resume, force, quiet, list_names, nproc, **p
               help="attacks, e.g. fgsm,pgd10,pgd200(step=1/255,restarts=2),aa")
 @click.option("--eps", default=None, help="radius in [0,1] units (default: the model's training ε)")
 @click.option("--norm", default=None, help="linf or l2 (default: the model's)")
-@click.option("--n", "n_images", type=int, default=1000, show_default=True,
+@click.option("--n", "--n-images", "n_images", type=int, default=1000, show_default=True,
               help="evaluate the first N test images")
 @click.option("--batch-size", default="auto", show_default=True, help="auto or a number")
 @click.option("--device", default="auto", show_default=True, help="auto, cuda or cpu")
@@ -211,7 +211,7 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--eps", default=None, help="radius in [0,1] units (default: the model's training ε)")
 @click.option("--norm", default=None, help="linf or l2 (default: the model's)")
-@click.option("--n", "n_images", type=int, default=200, show_default=True,
+@click.option("--n", "--n-images", "n_images", type=int, default=200, show_default=True,
               help="diagnose on the first N test images")
 @click.option("--checks", "check_names", default="all", show_default=True,
               help="all, cheap, or a comma-separated list of checks")
@@ -382,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
     except RobevalError as err:
         click.echo(f"error: {err}", err=True)
         return 2
+    except click.ClickException as err:
+        err.show()
+        return err.exit_code
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        click.echo("interrupted: finished epochs are saved; rerun with --resume", err=True)
+        return 130
     except Exception as err:
         from robeval.distributed import lost_peer
 
@@ -390,12 +396,6 @@ def main(argv: list[str] | None = None) -> int:
         click.echo(f"error: another rank stopped ({first_line(err)}); finished work is saved: "
                    "rerun the same command (train: with --resume) to continue", err=True)
         return 1
-    except click.ClickException as err:
-        err.show()
-        return err.exit_code
-    except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("interrupted: finished epochs are saved; rerun with --resume", err=True)
-        return 130
     return code if isinstance(code, int) else 0
 
 

@@ -21,6 +21,7 @@ from torch import nn
 from robeval.errors import PeerError, RobevalError
 
 T = TypeVar("T")
+USER_ERROR_STATUS = 2   # what `robeval` exits with after printing a RobevalError
 
 
 @dataclass(frozen=True)
@@ -246,7 +247,8 @@ def launch(nproc: int, args: Sequence[str], program: Sequence[str] = ("-m", "rob
     """Run `python <program> <args>` on `nproc` local ranks under torchrun's launcher.
 
     A rank that fails or is killed ends the whole job (torchrun stops the others) and comes
-    back as a one-line RobevalError naming the rank and how it ended.
+    back as a one-line RobevalError naming the rank and how it ended; a rank that stopped on
+    a user error has printed it already, so that comes back as a (silent) PeerError.
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
@@ -265,6 +267,9 @@ def launch(nproc: int, args: Sequence[str], program: Sequence[str] = ("-m", "rob
     try:
         run(parsed)
     except ChildFailedError as err:
+        _, failure = err.get_first_failure()
+        if failure.exitcode == USER_ERROR_STATUS:   # the rank printed its one-line error
+            raise PeerError(describe_failure(err)) from None
         raise RobevalError(f"{describe_failure(err)}; {hint}") from None
     finally:
         if threads is None:
