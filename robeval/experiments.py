@@ -126,7 +126,8 @@ def find_experiment(path_or_name: str | Path) -> Path:
                 return folder / f"{path_or_name}{suffix}"
     known = sorted({p.stem for d in experiment_dirs() if d.is_dir() for p in d.glob("*.y*ml")})
     raise RobevalError(f"no experiment file {path_or_name!r}; known experiments: "
-                       f"{', '.join(known) or 'none'}")
+                       f"{', '.join(known) or 'none here'} (run from the robeval checkout, "
+                       "whose experiments/ folder holds them, or give the path of a YAML file)")
 
 
 def _read_yaml(path: Path) -> dict:
