@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import socket
 import textwrap
@@ -206,11 +207,15 @@ def test_killed_rank_stops_training_clearly_and_the_rerun_resumes(cifar10_mini_d
         launch(2, args, program=dying, hint="rerun with --resume")
     assert load_checkpoint(tmp_path / "ddp" / "last.pt")["epoch"] == 1
     assert len(read_jsonl(tmp_path / "ddp" / "history.jsonl")) == 1
+    shutil.copytree(tmp_path / "ddp", tmp_path / "on-one-rank")
     launch(2, [*args, "--resume"])
     assert [row["epoch"] for row in read_jsonl(tmp_path / "ddp" / "history.jsonl")] == [1, 2]
     launch(2, [*args[:-1], str(tmp_path / "whole")])     # the same job, never interrupted
     resumed, whole = _weights(tmp_path / "ddp"), _weights(tmp_path / "whole")
     assert all(torch.equal(resumed[name], whole[name]) for name in whole)
+    # the same state also resumes in a single process (rank counts may differ across resumes)
+    assert main([*args[:-1], str(tmp_path / "on-one-rank"), "--resume"]) == 0
+    _assert_same_weights(_weights(tmp_path / "on-one-rank"), whole)
 
 
 def _attack_args(run: Path, data_dir: Path, db: Path) -> list[str]:
