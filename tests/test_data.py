@@ -583,3 +583,13 @@ def test_imagenet_training_augmentation_is_fixed_by_the_seed(image_folder):
 
 def test_imagenet_has_no_in_memory_test_set(image_folder):
     assert "streams" in _error(lambda: load_test_set("imagenet", image_folder))
+
+
+def test_imagenet_shards_are_the_parts_of_each_global_batch(image_folder):
+    source = _no_workers(FolderSource(image_folder / "val", train=False))
+    whole = list(source.batches(4, seed=2, shuffle=True))
+    parts = [list(source.batches(4, seed=2, shuffle=True, shard=(rank, 2))) for rank in range(2)]
+    assert [len(y) for _, y in parts[0]] == [2, 1] and [len(y) for _, y in parts[1]] == [2, 1]
+    for index, (images, labels) in enumerate(whole):
+        assert torch.equal(torch.cat([parts[0][index][0], parts[1][index][0]]), images)
+        assert torch.equal(torch.cat([parts[0][index][1], parts[1][index][1]]), labels)
