@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -366,6 +367,12 @@ def known_names() -> str:
                       f"datasets: {', '.join(DATASETS.names())}"])
 
 
+def rank_prefix() -> str:
+    """'[rank R] ' in ranks other than 0 of a torchrun job, so each message says where it arose."""
+    rank = os.environ.get("RANK", "0")
+    return f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank != "0" else ""
+
+
 def first_line(err: Exception) -> str:
     """The first line of an exception's message."""
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -380,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except PeerError:
         return 2       # rank 0 prints it
     except RobevalError as err:
-        click.echo(f"error: {err}", err=True)
+        click.echo(f"{rank_prefix()}error: {err}", err=True)
         return 2
     except click.ClickException as err:
         err.show()
