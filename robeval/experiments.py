@@ -494,13 +494,23 @@ def _published(value) -> str:
 
 
 def paper_section(experiment: Experiment, results: list[CellResult]) -> str:
-    """Markdown: the published numbers beside ours (mean over the matching cells), or ''."""
+    """Markdown: the published numbers beside ours (mean over the matching cells), or ''.
+
+    A study whose paper block lists no rows gets its source and note only, with a line saying
+    that no published figure is set beside ours.
+    """
     paper = experiment.paper
-    if not paper or not paper.get("rows"):
+    if not paper:
         return ""
     lines = ["## Published numbers beside ours", "",
-             f"Source: {paper.get('source', 'not given')}.", "",
-             "| cell | published clean | published robust | ours clean | ours robust (worst case) |",
+             f"Source: {paper.get('source', 'not given')}.", ""]
+    if not paper.get("rows"):
+        lines.append("No published figures are listed for these cells: compare the direction of "
+                     "the changes with the source.")
+        if paper.get("note"):
+            lines += ["", f"What differs: {paper['note']}"]
+        return "\n".join(lines)
+    lines += ["| cell | published clean | published robust | ours clean | ours robust (worst case) |",
              "|:--|--:|--:|--:|--:|"]
     for row in paper["rows"]:
         matched = [r for r in results if _matches(r.cell, row["cell"]) and r.run_id is not None]

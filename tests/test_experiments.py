@@ -185,3 +185,18 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch):
     assert [r.cell.name for r in result.cells] == ["label_smoothing=0.0,seed=0", "label_smoothing=0.1,seed=0"]
     markdown = result.report["md"].read_text()
     assert "## One setting at a time: label_smoothing" in markdown and "Published numbers" not in markdown
+
+
+def test_paper_block_without_rows_gives_source_and_note_but_no_table(tmp_path):
+    values = {**TINY, "paper": {"source": "a paper, Table 2", "note": "smaller model"}}
+    section = ex.paper_section(ex.load_experiment(write(tmp_path, values)), [])
+    assert "Source: a paper, Table 2." in section and "What differs: smaller model" in section
+    assert "No published figures are listed" in section and "|" not in section
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_paper_study_says_where_its_published_numbers_come_from(path):
+    experiment = ex.load_experiment(path)
+    if experiment.name.startswith(("quickstart", "regress")):
+        return
+    assert experiment.paper and experiment.paper.get("source") and experiment.paper.get("note")
