@@ -37,6 +37,7 @@ import itertools
 import json
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,8 +112,9 @@ class ExperimentResult:
 # --- loading ------------------------------------------------------------------------------------
 
 def experiment_dirs() -> list[Path]:
-    """Folders searched for an experiment given by name: ./experiments, then the repository's."""
-    return [Path.cwd() / "experiments", Path(robeval.__file__).resolve().parents[1] / "experiments"]
+    """Folders searched for an experiment given by name: ./experiments, the checkout's, the installed ones."""
+    return [Path.cwd() / "experiments", Path(robeval.__file__).resolve().parents[1] / "experiments",
+            Path(sys.prefix) / "share" / "robeval" / "experiments"]
 
 
 def find_experiment(path_or_name: str | Path) -> Path:
@@ -126,8 +128,7 @@ def find_experiment(path_or_name: str | Path) -> Path:
                 return folder / f"{path_or_name}{suffix}"
     known = sorted({p.stem for d in experiment_dirs() if d.is_dir() for p in d.glob("*.y*ml")})
     raise RobevalError(f"no experiment file {path_or_name!r}; known experiments: "
-                       f"{', '.join(known) or 'none here'} (run from the robeval checkout, "
-                       "whose experiments/ folder holds them, or give the path of a YAML file)")
+                       f"{', '.join(known) or 'none'} (or give the path of a YAML file)")
 
 
 def _read_yaml(path: Path) -> dict:
