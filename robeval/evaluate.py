@@ -281,8 +281,8 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore | None
 
 
 def open_evaluation(source: ModelSource, config: EvalConfig, plan: ResolvedEval,
-                    specs: list[str], store: ResultsStore, model: nn.Module, images: Tensor, labels: Tensor,
-                    device: torch.device, fresh: bool,
+                    specs: list[str], store: ResultsStore, model: nn.Module, images: Tensor,
+                    labels: Tensor, device: torch.device, fresh: bool,
                     log: Callable[[str], None]) -> tuple[int, int, list[int], int]:
     """Find or open the run in the store: (run id, batch size, batches to do, batches done)."""
     requested = str(config.batch_size)
