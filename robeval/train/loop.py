@@ -183,7 +183,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
 def _finite_everywhere(loss: float, world: World, device: torch.device) -> bool:
     """Whether the loss is finite on every rank (all ranks must agree to stop together)."""
     bad = 0.0 if math.isfinite(loss) else 1.0
-    return all_sum([bad], world, device)[0] == 0 if world.distributed else bad == 0
+    return all_sum([bad], world, device)[0] == 0
 
 
 def validate(model: nn.Module, source: BatchSource, eps: float, steps: int, norm: str,
