@@ -26,10 +26,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robeval.attacks import Attack, ThreatModel, parse_suite
+from robeval.attacks.cost import PassCounter
 from robeval.data import dataset_info, load_test_set
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
 from robeval.errors import RobevalError
-from robeval.results import OutcomeRow, ResultsStore, RunRecord, SampleRow
+from robeval.results import OutcomeRow, Passes, ResultsStore, RunRecord, SampleRow
 from robeval.sources import ModelSource
 from robeval.spec import parse_eps
 from robeval.train.loop import resolve_device
@@ -172,28 +173,36 @@ def attack_points(attack: Attack, model: nn.Module, images: Tensor, labels: Tens
 
 def evaluate_batch(model: nn.Module, attacks: list[Attack], images: Tensor, labels: Tensor,
                    first_index: int, batch: int, plan: ResolvedEval, chunk: int):
-    """Clean predictions and every attack's per-sample outcome for one batch."""
+    """Clean predictions and every attack's per-sample outcome, time and passes for one batch.
+
+    Returns (samples, outcome rows, seconds per position, passes per position, clean passes,
+    chunk). Each attack sees the model through a `PassCounter`, so its image-passes are counted
+    whatever it does; the clean classification is counted on its own.
+    """
+    counter = PassCounter(model).train(model.training)
     with torch.no_grad():
-        clean_pred = model(images).argmax(1)
+        clean_pred = counter(images).argmax(1)
+    clean = Passes(*counter.take())
     clean_correct = clean_pred == labels
     still_robust = clean_correct.clone()
     indices = range(first_index, first_index + len(labels))
     samples = [SampleRow(i, int(y), int(p)) for i, y, p in zip(indices, labels.tolist(),
                                                                 clean_pred.tolist(), strict=True)]
-    rows, seconds = [], {}
+    rows, seconds, passes = [], {}, {}
     for position, attack in enumerate(attacks):
         targets = (still_robust if plan.mode == "cascade" else clean_correct).nonzero().flatten()
         started = time.perf_counter()
-        results, chunk = attack_points(attack, model, images[targets], labels[targets],
+        results, chunk = attack_points(attack, counter, images[targets], labels[targets],
                                        batch_seed(plan.seed, batch, position), chunk)
         if images.device.type == "cuda":
             torch.cuda.synchronize()
         seconds[position] = time.perf_counter() - started
+        passes[position] = Passes(*counter.take())
         rows.extend(outcome_rows(first_index, len(labels), position, targets, results))
         if results:
             survived = torch.cat([result.robust for result in results]).to(targets.device)
             still_robust[targets[~survived]] = False
-    return samples, rows, seconds, chunk
+    return samples, rows, seconds, passes, clean, chunk
 
 
 def outcome_rows(first_index: int, size: int, position: int, targets: Tensor,
@@ -318,12 +327,24 @@ def run_cheap_checks(model: nn.Module, images: Tensor, labels: Tensor, plan: Res
 
 
 def format_summary(summary: pd.DataFrame) -> str:
-    """The summary as a fixed-width table: accuracy with its 95% interval and time."""
+    """The summary as a fixed-width table: accuracy with its 95% interval, time and passes.
+
+    passes/image is (forward + backward) image-passes ÷ images of the run, with the forward and
+    backward parts beside it: the cost figure that does not depend on the hardware.
+    """
+    n = summary["n"].where(summary["n"] > 0)
     table = pd.DataFrame({
         "accuracy (%)": (100 * summary["accuracy"]).map("{:.2f}".format),
         "95% CI": [f"[{100 * lo:.1f}, {100 * hi:.1f}]"
                    for lo, hi in zip(summary["ci_low"], summary["ci_high"], strict=True)],
         "n": summary["n"],
         "time (s)": summary["seconds"].map(lambda s: "-" if pd.isna(s) else f"{s:.1f}"),
+        "passes/image": summary["passes_per_image"].map(_format_passes),
+        "fwd/image": (summary["forward_passes"] / n).map(_format_passes),
+        "bwd/image": (summary["backward_passes"] / n).map(_format_passes),
     }, index=summary.index)
     return table.to_string()
+
+
+def _format_passes(value: float) -> str:
+    return "-" if pd.isna(value) else f"{value:.1f}"

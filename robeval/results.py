@@ -11,10 +11,14 @@ Layout (``PRAGMA user_version`` = `SCHEMA_VERSION`; later versions migrate with 
   text; ``attacks`` live in their own table), status ('running' | 'finished'), started_at and
   finished_at (ISO 8601, UTC).
 - ``attacks`` (run_id, position, spec): the suite, in order.
-- ``batches`` (run_id, batch_index, committed_at): a row means the batch is complete.
-- ``attack_seconds`` (run_id, batch_index, position, seconds).
+- ``batches`` (run_id, batch_index, committed_at, clean_forward_passes): a row means the batch
+  is complete; clean_forward_passes is the image-forwards of its clean classification.
+- ``attack_seconds`` (run_id, batch_index, position, seconds, forward_passes, backward_passes):
+  the attack's time and image-passes on the batch (see `robeval.attacks.cost`).
 - ``samples`` (run_id, sample_index, batch_index, label, clean_pred).
 - ``outcomes`` (run_id, sample_index, position, outcome, margin, perturbation_norm, iterations).
+
+Pass counts are NULL in rows written before schema version 2; views show them as NaN.
 
 Deleting a run deletes everything of it; deleting a batch deletes its samples, their outcomes and
 its seconds (foreign keys with ON DELETE CASCADE). Samples are only ever written together with
@@ -42,7 +46,7 @@ import pandas as pd
 
 from robeval.errors import RobevalError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 BUSY_TIMEOUT_S = 60.0
 OUTCOMES = ("robust", "broken", "skipped")
 MODES = ("cascade", "independent")
@@ -116,8 +120,16 @@ _SCHEMA_V1 = [
     )""",
 ]
 
+# Version 2 adds the image-passes of every attack and of the clean pass; rows of stores written
+# before it keep NULL there (cost unknown).
+_V1_TO_V2 = [
+    "ALTER TABLE attack_seconds ADD COLUMN forward_passes INTEGER",
+    "ALTER TABLE attack_seconds ADD COLUMN backward_passes INTEGER",
+    "ALTER TABLE batches ADD COLUMN clean_forward_passes INTEGER",
+]
+
 # _MIGRATIONS[v] brings a database from user_version v to v + 1.
-_MIGRATIONS: list[list[str]] = [_SCHEMA_V1]
+_MIGRATIONS: list[list[str]] = [_SCHEMA_V1, _V1_TO_V2]
 
 # Fields that decide what a run computes: resuming a key with other values would mix results.
 _IDENTITY_FIELDS = ("dataset", "n", "eps", "norm", "seed", "batch_size", "mode", "attacks")
@@ -150,6 +162,14 @@ class SampleRow:
     index: int
     label: int
     clean_pred: int
+
+
+@dataclass(frozen=True)
+class Passes:
+    """Image-passes through the model: a forward on 64 images is 64 forwards (same for backward)."""
+
+    forward: int
+    backward: int
 
 
 @dataclass
@@ -466,31 +486,37 @@ class ResultsStore:
         return {index for (index,) in rows}
 
     def write_batch(self, run_id: int, batch_index: int, samples: list[SampleRow],
-                    outcomes: list[OutcomeRow], seconds: dict[int, float]) -> None:
-        """Commit one batch in one transaction: samples, outcomes, seconds per attack position, marker.
+                    outcomes: list[OutcomeRow], seconds: dict[int, float],
+                    passes: dict[int, Passes] | None = None, clean: Passes | None = None) -> None:
+        """Commit one batch in one transaction: samples, outcomes, seconds and passes per attack
+        position, the clean pass's passes, marker.
 
         Writing a batch that is already committed replaces it. Every sample needs exactly one
         outcome per attack of the suite; a batch that breaks this is a ValueError and nothing is
-        written.
+        written. Passes left out are stored as unknown (NULL).
         """
         batch_index = int(batch_index)
         with self._write() as db:
             run_id = self._require_run(run_id)
             positions = len(self.attacks(run_id))
             _check_batch(batch_index, samples, outcomes, seconds, positions)
+            if passes and set(passes) - set(seconds):
+                raise ValueError(f"batch {batch_index} has passes for a position without seconds")
             db.execute("DELETE FROM batches WHERE run_id = ? AND batch_index = ?", (run_id, batch_index))
             db.execute(
-                "INSERT INTO batches (run_id, batch_index, committed_at) VALUES (?, ?, ?)",
-                (run_id, batch_index, _now()),
+                "INSERT INTO batches (run_id, batch_index, committed_at, clean_forward_passes) "
+                "VALUES (?, ?, ?, ?)",
+                (run_id, batch_index, _now(), None if clean is None else int(clean.forward)),
             )
             try:
-                self._insert_batch_rows(run_id, batch_index, samples, outcomes, seconds)
+                self._insert_batch_rows(run_id, batch_index, samples, outcomes, seconds, passes or {})
             except sqlite3.IntegrityError as err:
                 message = f"batch {batch_index} of run {run_id} conflicts with stored rows: {err}"
                 raise ValueError(message) from err
 
     def _insert_batch_rows(self, run_id: int, batch_index: int, samples: list[SampleRow],
-                           outcomes: list[OutcomeRow], seconds: dict[int, float]) -> None:
+                           outcomes: list[OutcomeRow], seconds: dict[int, float],
+                           passes: dict[int, Passes]) -> None:
         self._db.executemany(
             "INSERT INTO samples (run_id, sample_index, batch_index, label, clean_pred) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -502,9 +528,14 @@ class ResultsStore:
             [(run_id, int(o.index), int(o.position), str(o.outcome), _opt(float, o.margin),
               _opt(float, o.perturbation_norm), _opt(int, o.iterations)) for o in outcomes],
         )
+        unknown = Passes(None, None)
         self._db.executemany(
-            "INSERT INTO attack_seconds (run_id, batch_index, position, seconds) VALUES (?, ?, ?, ?)",
-            [(run_id, batch_index, int(position), float(value)) for position, value in seconds.items()],
+            "INSERT INTO attack_seconds (run_id, batch_index, position, seconds, forward_passes, "
+            "backward_passes) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, batch_index, int(position), float(value),
+              _opt(int, passes.get(position, unknown).forward),
+              _opt(int, passes.get(position, unknown).backward))
+             for position, value in seconds.items()],
         )
 
     # -- pandas views -------------------------------------------------------------------------
@@ -514,12 +545,21 @@ class ResultsStore:
 
         ``config``, ``versions`` and ``notes`` are parsed back to dicts and ``attacks`` to a list;
         ``started_at``/``finished_at`` are UTC timestamps (NaT while running); ``batches`` and
-        ``samples`` count what is committed.
+        ``samples`` count what is committed; ``forward_passes``, ``backward_passes`` and
+        ``passes_per_image`` are the image-passes of all its attacks over committed batches (not
+        the clean pass; NaN where a batch did not record them, as in the 'worst case' row of
+        `summary`).
         """
         with self._read() as db:
             frame = pd.read_sql_query(
                 "SELECT r.*, (SELECT COUNT(*) FROM batches b WHERE b.run_id = r.id) AS batches, "
-                "(SELECT COUNT(*) FROM samples s WHERE s.run_id = r.id) AS samples "
+                "(SELECT COUNT(*) FROM samples s WHERE s.run_id = r.id) AS samples, "
+                "(SELECT CASE WHEN COUNT(*) = COUNT(forward_passes) "
+                " THEN COALESCE(SUM(forward_passes), 0) END "
+                " FROM attack_seconds t WHERE t.run_id = r.id) AS forward_passes, "
+                "(SELECT CASE WHEN COUNT(*) = COUNT(backward_passes) "
+                " THEN COALESCE(SUM(backward_passes), 0) END "
+                " FROM attack_seconds t WHERE t.run_id = r.id) AS backward_passes "
                 "FROM runs r ORDER BY r.id",
                 db,
             )
@@ -533,7 +573,10 @@ class ResultsStore:
         for column in ("started_at", "finished_at"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         integers = {column: "int64" for column in ("id", "n", "seed", "batch_size", "batches", "samples")}
-        return frame.astype({**integers, "eps": float})
+        frame = frame.astype({**integers, "eps": float, "forward_passes": float, "backward_passes": float})
+        frame["passes_per_image"] = ((frame["forward_passes"] + frame["backward_passes"])
+                                     / frame["samples"].where(frame["samples"] > 0))
+        return frame
 
     def outcomes(self, run_id: int) -> pd.DataFrame:
         """Long format, one row per (sample, attack) of committed batches, by index then position.
@@ -581,23 +624,29 @@ class ResultsStore:
         """Accuracy per row with a Wilson score interval at `confidence`, over committed samples.
 
         Rows (index 'attack'): 'clean', each attack spec in suite order, 'worst case'. Columns:
-        accuracy, ci_low, ci_high, correct, n, seconds. An attack row counts clean-correct samples
-        with outcome 'robust' under that attack; in mode 'cascade' also under every earlier attack,
-        so the row is the cumulative robust accuracy after it. 'worst case' is robust under all
-        attacks. seconds: attack time summed over committed batches; NaN for 'clean' (not
-        measured), the sum over all attacks for 'worst case'.
+        accuracy, ci_low, ci_high, correct, n, seconds, forward_passes, backward_passes,
+        passes_per_image. An attack row counts clean-correct samples with outcome 'robust' under
+        that attack; in mode 'cascade' also under every earlier attack, so the row is the
+        cumulative robust accuracy after it. 'worst case' is robust under all attacks. seconds:
+        attack time summed over committed batches; NaN for 'clean' (not measured), the sum over
+        all attacks for 'worst case'. forward_passes / backward_passes: image-passes summed over
+        committed batches ('clean': the clean classification; 'worst case': all attacks, not the
+        clean pass); passes_per_image: (forward + backward) / n. Passes are NaN where a committed
+        batch did not record them (stores written before pass counting).
         """
         run_id = int(run_id)
         record = self.run_record(run_id)
         frame = self.per_sample(run_id)
         clean, robust = frame["clean_correct"], _robust_under(frame, record.attacks)
         seconds = self._seconds(run_id, len(record.attacks))
-        rows = [("clean", int(clean.sum()), math.nan)]
+        passes = self._passes(run_id, len(record.attacks))
+        rows = [("clean", int(clean.sum()), math.nan, self._clean_passes(run_id))]
         running = clean
         for position, spec in enumerate(record.attacks):
             running = running & robust[spec] if record.mode == "cascade" else clean & robust[spec]
-            rows.append((spec, int(running.sum()), seconds[position]))
-        rows.append(("worst case", int(frame["robust"].sum()), float(sum(seconds))))
+            rows.append((spec, int(running.sum()), seconds[position], passes[position]))
+        total = (sum(forward for forward, _ in passes), sum(backward for _, backward in passes))
+        rows.append(("worst case", int(frame["robust"].sum()), float(sum(seconds)), total))
         return _summary_frame(rows, len(frame), confidence)
 
     def _seconds(self, run_id: int, positions: int) -> list[float]:
@@ -606,6 +655,25 @@ class ResultsStore:
         ).fetchall()
         totals = dict(rows)
         return [float(totals.get(position, 0.0)) for position in range(positions)]
+
+    def _passes(self, run_id: int, positions: int) -> list[tuple[float, float]]:
+        """(forward, backward) image-passes per attack position; NaN if any batch lacks them."""
+        rows = self._db.execute(
+            "SELECT position, SUM(forward_passes), SUM(backward_passes), "
+            "2 * COUNT(*) - COUNT(forward_passes) - COUNT(backward_passes) "
+            "FROM attack_seconds WHERE run_id = ? GROUP BY position", (run_id,)
+        ).fetchall()
+        totals = {position: (math.nan, math.nan) if missing else (float(fwd or 0), float(bwd or 0))
+                  for position, fwd, bwd, missing in rows}
+        return [totals.get(position, (0.0, 0.0)) for position in range(positions)]
+
+    def _clean_passes(self, run_id: int) -> tuple[float, float]:
+        """(forward, 0) image-passes of the clean classification; NaN if any batch lacks them."""
+        total, missing = self._db.execute(
+            "SELECT SUM(clean_forward_passes), COUNT(*) - COUNT(clean_forward_passes) "
+            "FROM batches WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return (math.nan, math.nan) if missing else (float(total or 0), 0.0)
 
     def worst_case(self, run_id: int, attacks: list[str] | None = None) -> float:
         """Fraction of committed samples that are clean-correct and 'robust' under every chosen attack.
@@ -636,13 +704,16 @@ def _robust_under(frame: pd.DataFrame, specs: list[str]) -> pd.DataFrame:
                         dtype=bool)
 
 
-def _summary_frame(rows: list[tuple[str, int, float]], n: int, confidence: float) -> pd.DataFrame:
+def _summary_frame(rows: list[tuple[str, int, float, tuple[float, float]]], n: int,
+                   confidence: float) -> pd.DataFrame:
     records = []
-    for name, correct, seconds in rows:
+    for name, correct, seconds, (forward, backward) in rows:
         low, high = wilson_interval(correct, n, confidence)
         accuracy = correct / n if n else math.nan
         records.append({"attack": name, "accuracy": accuracy, "ci_low": low, "ci_high": high,
-                        "correct": correct, "n": n, "seconds": seconds})
+                        "correct": correct, "n": n, "seconds": seconds, "forward_passes": forward,
+                        "backward_passes": backward,
+                        "passes_per_image": (forward + backward) / n if n else math.nan})
     return pd.DataFrame.from_records(records, index="attack")
 
 
