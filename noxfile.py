@@ -1,9 +1,10 @@
 """Every way to run things: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`,
-`nox -s regress`."""
+`nox -s regress`, `nox -s gpu`."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import nox
@@ -53,6 +54,29 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/bench_train.py", *session.posargs)
     session.run("python", "benchmarks/bench_attacks.py", *session.posargs)
     session.run("python", "benchmarks/bench_distributed.py", *session.posargs)
+    session.run("python", "benchmarks/bench_aa.py", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """On a CUDA machine: the GPU-marked tests, then the training, attack and AutoAttack-zoo
+    benchmarks on CUDA, each writing its "(GPU ...)" section of BENCHMARKS.md (about 8 minutes on
+    one H200). Without a visible CUDA device it says so and runs nothing.
+    """
+    no_device = "no CUDA device is visible; nothing was run"
+    if shutil.which("nvidia-smi") is None and not Path("/dev/nvidiactl").exists():
+        print(no_device)  # before installing anything: torch alone is a large download
+        return
+    install_robeval(session, "test", "bench")
+    visible = session.run("python", "-c", "import torch; print(torch.cuda.is_available())",
+                          silent=True)
+    if "True" not in str(visible):
+        print(no_device)
+        return
+    session.run("pytest", "-m", "gpu", *session.posargs)
+    session.run("python", "benchmarks/bench_train.py", "--device", "cuda", "--amp", "--repeats", "2")
+    session.run("python", "benchmarks/bench_attacks.py", "--device", "cuda", "--repeats", "2")
+    session.run("python", "benchmarks/bench_aa.py", "--device", "cuda", "--quick")
 
 
 @nox.session

@@ -41,6 +41,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--amp", action="store_true", help="bf16 mixed precision (CUDA only)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     return parser.parse_args(argv)
 
@@ -50,7 +51,7 @@ def configs(args):
     base = {"data": {"dataset": args.dataset, "data_dir": args.data_dir, "val_size": 0,
                      "train_subset": args.train_subset},
             "model": {"arch": args.model}, "optim": {"batch_size": args.batch_size},
-            "device": args.device, "epochs": 1}
+            "device": args.device, "epochs": 1, "amp": args.amp}
     pairs = []
     for activation in ["relu", *SMOOTH]:
         values = {**base, "model": {"arch": args.model, "activation": activation},
@@ -99,7 +100,8 @@ def main(argv=None) -> str:
         "",
         f"`python benchmarks/bench_train.py` — {args.model} on {args.dataset} "
         f"({len(data.train)} training images, batch {args.batch_size}), median of "
-        f"{args.repeats} interleaved epochs, torch {torch.__version__}. The SAT paper reports "
+        f"{args.repeats} interleaved epochs, torch {torch.__version__}"
+        f"{', bf16 mixed precision' if args.amp and device.type == 'cuda' else ''}. The SAT paper reports "
         "that smooth activations add no cost and that PGD-1 training costs about 1.5× standard "
         "training on GPUs; a PGD-1 step is two forward-backward passes, so ≈2× is the "
         "expected ratio where compute dominates.",

@@ -12,6 +12,7 @@ from robeval.errors import RobevalError
 from robeval.report.collect import ReportData
 from robeval.report.tables import (
     Table,
+    cost_table,
     main_table,
     method_by_activation,
     number,
@@ -63,6 +64,30 @@ def suite_data() -> ReportData:
     }
     ci = {(1, "clean"): (0.790, 0.830), (2, "clean"): (0.796, 0.839)}
     return make_data(rows, accuracy, ci)
+
+
+# --- cost table ----------------------------------------------------------------------------
+
+def test_cost_table_shows_passes_per_image_and_marks_the_cheapest():
+    rows = [model(1), model(2, "elu")]
+    passes = {1: {"clean": (100, 0), "aa": (4000, 1000), "worst case": (4000, 1000)},
+              2: {"clean": (100, 0), "aa": (300, 200), "worst case": (300, 200)}}
+    records = [{"run_id": run_id, "metric": metric, "accuracy": 0.5, "ci_low": NAN, "ci_high": NAN,
+                "correct": 50, "n": 100, "seconds": NAN, "forward_passes": fwd, "backward_passes": bwd,
+                "passes_per_image": (fwd + bwd) / 100}
+               for run_id, values in passes.items() for metric, (fwd, bwd) in values.items()]
+    records.append({**records[-1], "run_id": 3, "forward_passes": NAN, "backward_passes": NAN,
+                    "passes_per_image": NAN})  # a run stored before pass counting
+    data = ReportData(pd.DataFrame([*rows, model(3, "silu")]).set_index("run_id", drop=False),
+                      pd.DataFrame(records))
+    table = cost_table(data)
+    assert list(table.cells.columns) == ["clean", "aa", "worst case"]
+    assert table.cells.iloc[0].tolist() == ["1.0 (1.0+0.0)", "50.0 (40.0+10.0)", "50.0 (40.0+10.0)"]
+    assert table.cells.iloc[1].tolist() == ["1.0 (1.0+0.0)", "5.0 (3.0+2.0)", "5.0 (3.0+2.0)"]
+    assert table.cells.iloc[2].tolist() == ["–", "–", "–"]
+    assert table.bold.iloc[:, 1].tolist() == [False, True, False]
+    assert not table.bold["clean"].any()
+    assert "image-passes" in table.title and "|" in to_markdown(table)
 
 
 # --- main table ----------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from robeval.errors import RobevalError
 from robeval.results import (
     SCHEMA_VERSION,
     OutcomeRow,
+    Passes,
     ResultsStore,
     RunRecord,
     SampleRow,
@@ -343,3 +344,58 @@ def test_newer_schema_is_a_one_line_error(tmp_path):
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.close()
     assert_one_line_error(path, "upgrade robeval")
+
+
+def write_version_1_store(path: Path) -> None:
+    """A store as robeval wrote it before pass counting: schema version 1, one finished batch."""
+    from robeval.results import _SCHEMA_V1
+
+    db = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        db.execute(statement)
+    db.execute("PRAGMA user_version = 1")
+    db.execute(
+        "INSERT INTO runs (id, key, model, checkpoint_hash, config, dataset, n, eps, norm, seed, "
+        "batch_size, mode, versions, device, git_commit, status, started_at) VALUES "
+        "(1, 'old', 'm', NULL, '{}', 'cifar10', 2, 0.03, 'linf', 0, 2, 'cascade', '{}', 'cpu', NULL, "
+        "'running', '2025-01-01T00:00:00+00:00')")
+    db.execute("INSERT INTO attacks VALUES (1, 0, 'fgsm')")
+    db.execute("INSERT INTO batches VALUES (1, 0, '2025-01-01T00:00:01+00:00')")
+    db.execute("INSERT INTO attack_seconds VALUES (1, 0, 0, 1.5)")
+    db.executemany("INSERT INTO samples VALUES (1, ?, 0, 3, 3)", [(0,), (1,)])
+    db.executemany("INSERT INTO outcomes VALUES (1, ?, 0, ?, 0.1, 0.03, 1)", [(0, "robust"), (1, "broken")])
+    db.commit()
+    db.close()
+
+
+def test_a_store_from_before_pass_counting_opens_with_unknown_passes(tmp_path):
+    path = tmp_path / "old.sqlite"
+    write_version_1_store(path)
+    with ResultsStore(path) as store:
+        summary = store.summary(1)
+        assert summary.loc["fgsm", "accuracy"] == 0.5 and summary.loc["fgsm", "seconds"] == 1.5
+        assert summary[["forward_passes", "backward_passes", "passes_per_image"]].isna().all().all()
+        assert math.isnan(store.runs().loc[0, "forward_passes"])
+        # a batch written after the upgrade records its passes; the run's total stays unknown
+        samples = [SampleRow(2, 3, 3), SampleRow(3, 3, 3)]
+        outcomes = [OutcomeRow(i, 0, "robust", 0.2, 0.01, 1) for i in (2, 3)]
+        store.write_batch(1, 1, samples, outcomes, {0: 1.0}, {0: Passes(6, 2)}, Passes(2, 0))
+        assert math.isnan(store.summary(1).loc["fgsm", "forward_passes"])
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_passes_are_summed_over_batches_and_divided_by_the_images(store):
+    run_id = store.open_run("p", record("cascade"))
+    for b in range(3):
+        size = len(BATCHES[b])
+        store.write_batch(run_id, b, *batch_rows(BATCHES[b], CASCADE), seconds=SECONDS,
+                          passes={0: Passes(3 * size, size), 1: Passes(10, 4)}, clean=Passes(size, 0))
+    summary = store.summary(run_id)
+    assert summary.loc["clean", ["forward_passes", "backward_passes"]].tolist() == [10, 0]
+    assert summary.loc["apgd-ce", ["forward_passes", "backward_passes"]].tolist() == [30, 10]
+    assert summary.loc["apgd-t", ["forward_passes", "backward_passes"]].tolist() == [30, 12]
+    assert summary.loc["worst case", ["forward_passes", "backward_passes"]].tolist() == [60, 22]
+    assert summary.loc["worst case", "passes_per_image"] == pytest.approx(8.2)
+    with pytest.raises(ValueError, match="passes"):
+        store.write_batch(run_id, 0, *batch_rows(BATCHES[0], CASCADE), seconds={0: 1.0},
+                          passes={1: Passes(1, 1)})

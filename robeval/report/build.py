@@ -127,7 +127,8 @@ def assemble(store: ResultsStore, config: ReportConfig) -> Report:
         raise RobevalError(f"--baseline {config.baseline} is not among the runs: "
                            f"{', '.join(map(str, data.models.index))}")
     main = tables.main_table(data, baseline=config.baseline, ci=config.ci)
-    return Report(config.title, _provenance(data, store), [main, *_optional_tables(data)],
+    cost = [tables.cost_table(data)] if data.metrics["passes_per_image"].notna().any() else []
+    return Report(config.title, _provenance(data, store), [main, *cost, *_optional_tables(data)],
                   _figures(data, store), _flags(data))
 
 

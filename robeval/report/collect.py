@@ -2,8 +2,8 @@
 
 `collect(store)` returns two frames: `models` (one row per evaluation run, with the model's
 architecture, activation, training method and tricks from its recorded config) and `metrics`
-(long: run_id, metric, accuracy, ci_low, ci_high, seconds, n; metric is 'clean', an attack
-spec or 'worst case').
+(long: run_id, metric, accuracy, ci_low, ci_high, seconds, n, forward_passes, backward_passes,
+passes_per_image; metric is 'clean', an attack spec or 'worst case').
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def collect(store: ResultsStore, run_ids: list[int] | None = None) -> ReportData
             metric_rows.append({"run_id": run.id, "metric": metric, **values.to_dict()})
     models = pd.DataFrame(model_rows)
     metrics = pd.DataFrame(metric_rows, columns=["run_id", "metric", "accuracy", "ci_low",
-                                                 "ci_high", "correct", "n", "seconds"])
+                                                 "ci_high", "correct", "n", "seconds",
+                                                 "forward_passes", "backward_passes",
+                                                 "passes_per_image"])
     if not models.empty:
         models = models.set_index("run_id", drop=False)
     return ReportData(models, metrics)

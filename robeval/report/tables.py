@@ -239,6 +239,34 @@ def main_table(data: ReportData, baseline: int | None = None, ci: bool = False,
                   _main_notes(data, baseline, labels, ci))
 
 
+def cost_table(data: ReportData, metrics: list[str] | None = None) -> Table:
+    """One row per evaluated model; image-passes per test image of each attack, as
+    "total (forward+backward)": the cost figure that does not depend on the hardware.
+
+    'clean' is the clean classification alone, 'worst case' all attacks together (not the clean
+    pass); a run stored before pass counting shows "–". The cheapest value of each attack
+    column is bold.
+    """
+    _require_runs(data)
+    columns = _main_metrics(data, metrics)
+    total, forward, backward = (_wide(data, v).reindex(columns=columns)
+                                for v in ("passes_per_image", "forward_passes", "backward_passes"))
+    n = _wide(data, "n").reindex(columns=columns)
+    cells = pd.DataFrame(index=total.index, columns=columns, dtype=object)
+    for run_id in total.index:
+        for metric in columns:
+            value = total.at[run_id, metric]
+            cells.at[run_id, metric] = DASH if _missing(value) else (
+                f"{value:.1f} ({forward.at[run_id, metric] / n.at[run_id, metric]:.1f}"
+                f"+{backward.at[run_id, metric] / n.at[run_id, metric]:.1f})")
+    shown = total.drop(columns=["clean"], errors="ignore").astype(float).round(1)
+    cheapest = (shown.eq(shown.min(axis=0), axis=1) & shown.notna()).reindex(columns=columns)
+    return _table("Cost: image-passes per test image (forward+backward)", cells, cheapest,
+                  model_labels(data.models), "model",
+                  "Passes through the model per test image, counted at the model boundary "
+                  "(a forward on 64 images is 64); bold: cheapest of each attack column.")
+
+
 def _main_notes(data: ReportData, baseline, labels: pd.Series, ci: bool) -> str:
     notes = "Accuracy in %; bold: best of each column."
     if baseline is not None:

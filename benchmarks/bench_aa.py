@@ -1,0 +1,250 @@
+"""Stock AutoAttack against a fast suite on a zoo of models trained by robeval, counted in passes.
+
+The zoo (`ZOO`) is cnn-small and preact-resnet18, standard and PGD-1-trained, on cifar10-mini,
+plus one planted masked model: a robust zoo model behind 8-bit input quantisation whose gradient
+is zero, so gradient attacks are fooled and only a black-box attack finds its true robustness.
+Missing zoo models are trained into the cache folder with the `robeval train` commands of
+`train_command`; the trained models and the outcomes are kept there, so a rerun trains nothing.
+
+Both sides run through robeval's evaluation engine into one results store in the cache: stock
+AutoAttack as the suite `aa` (pyautoattack's standard version), the fast side as the suite of
+`--fast-suite`. AutoAttack is slow on CPU, so its runs are resumed from the store (its per-sample
+outcomes, time and passes are those measured when it ran); the fast side is run afresh every
+time. For each model the table gives clean and robust accuracy under both, image-passes per
+image and time of each, the ratio of passes, and the number of images AutoAttack breaks that
+the fast suite leaves standing. Results go to BENCHMARKS.md.
+
+    python benchmarks/bench_aa.py --data-dir ../shared/data/cifar10-mini
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from markdown import device_label, write_section  # noqa: E402
+
+from robeval.evaluate import EvalConfig, evaluate  # noqa: E402
+from robeval.results import ResultsStore  # noqa: E402
+from robeval.sources import ModelSource, load_source  # noqa: E402
+from robeval.train import resolve_device  # noqa: E402
+
+EPS = "8/255"
+REFERENCE_SUITE = "aa"
+CPU_BATCH = 100   # images per batch on CPU: the unit that an interrupted AutoAttack run resumes at
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One model of the zoo: how robeval trains it and on how many test images it is attacked."""
+
+    name: str
+    arch: str
+    activation: str
+    method: str          # standard | pgd (PGD-1 at ε = 8/255)
+    epochs: int
+    n: int               # test images on CPU (the first n)
+    quick: bool = True   # part of the `--quick` zoo
+
+
+ZOO = (
+    ZooModel("cnn-relu-std", "cnn-small", "relu", "standard", 10, 200),
+    ZooModel("cnn-relu-pgd1", "cnn-small", "relu", "pgd", 15, 200),
+    ZooModel("cnn-gelu-std", "cnn-small", "gelu", "standard", 10, 200),
+    ZooModel("cnn-gelu-pgd1", "cnn-small", "gelu", "pgd", 15, 200),
+    ZooModel("prn18-relu-std", "preact-resnet18", "relu", "standard", 3, 100, quick=False),
+    ZooModel("prn18-relu-pgd1", "preact-resnet18", "relu", "pgd", 3, 100, quick=False),
+)
+MASKED_BASE = "cnn-relu-pgd1"   # the robust model behind the planted masked one
+MASKED_NAME = f"{MASKED_BASE}-masked"
+
+
+class QuantisedZeroGradient(nn.Module):
+    """A planted gradient-masking defence: `net(round(255 x) / 255)` with a zero input gradient.
+
+    The forward pass is the network on 8-bit inputs, so a black-box attack sees (almost) the
+    robustness of `net`; the input gradient is exactly zero, so gradient attacks get no signal.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        quantised = (torch.round(x * 255) / 255).detach()
+        return self.net(x * 0 + quantised)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2]
+                                                  / "shared" / "data" / "cifar10-mini"))
+    parser.add_argument("--fast-suite", default="aa-fast", help="the suite set against `aa`")
+    parser.add_argument("--cache", default=str(Path(__file__).resolve().parent / ".cache"),
+                        help="folder of the trained zoo and the results store")
+    parser.add_argument("--models", help="comma-separated zoo names (default: all, and the masked one)")
+    parser.add_argument("--n", type=int, help="test images per model (default: each model's own)")
+    parser.add_argument("--quick", action="store_true",
+                        help="the cnn-small models and the masked one only, at most 200 images")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-only", action="store_true", help="train the missing zoo models, then stop")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    return parser.parse_args(argv)
+
+
+def train_command(model: ZooModel, data_dir: str, out: Path, device: str) -> list[str]:
+    """The `robeval train` command that makes `model` (resumable)."""
+    method = ["--method", "pgd", "--steps", "1", "--eps", EPS] if model.method == "pgd" else \
+        ["--method", "standard"]
+    return [sys.executable, "-m", "robeval", "train", "--dataset", "cifar10", "--data-dir", data_dir,
+            "--val-size", "200", "--quiet", "--diagnostics-batch", "0", "--val-pgd-steps", "3",
+            "--preset", "ci-small", "--model", model.arch, "--activation", model.activation,
+            *method, "--epochs", str(model.epochs), "--device", device, "--out", str(out), "--resume"]
+
+
+def trained(folder: Path, epochs: int) -> bool:
+    """Whether the run folder holds a finished training of `epochs` epochs."""
+    history = folder / "history.jsonl"
+    if not (folder / "best.pt").is_file() or not history.is_file():
+        return False
+    lines = [line for line in history.read_text().splitlines() if line.strip()]
+    return bool(lines) and json.loads(lines[-1])["epoch"] >= epochs
+
+
+def ensure_trained(model: ZooModel, args, device: torch.device) -> Path:
+    """The model's run folder in the cache, trained now if it is missing or unfinished."""
+    folder = Path(args.cache) / "zoo" / model.name
+    if not trained(folder, model.epochs):
+        command = train_command(model, args.data_dir, folder, device.type)
+        print(f"training {model.name}: {' '.join(command[2:])}", flush=True)
+        subprocess.run(command, check=True)
+    return folder
+
+
+def masked_source(base: ModelSource) -> ModelSource:
+    """The planted masked model around `base`, with an identity of its own in the store."""
+    identity = hashlib.sha256(f"{base.checkpoint_hash}:quantised-zero-gradient".encode()).hexdigest()
+    model = QuantisedZeroGradient(base.model).eval()
+    return replace(base, model=model, name=MASKED_NAME, checkpoint_hash=identity, path=None)
+
+
+def zoo_sources(args, device: torch.device) -> list[tuple[ModelSource, int]]:
+    """(source, test images) for each chosen model, training what is missing."""
+    chosen = [m for m in ZOO if not args.quick or m.quick]
+    names = None if not args.models else set(args.models.split(","))
+    if names is not None:
+        known = {m.name for m in ZOO} | {MASKED_NAME}
+        unknown = names - known
+        if unknown:
+            raise SystemExit(f"unknown zoo model {sorted(unknown)[0]!r}; known: {', '.join(sorted(known))}")
+    wanted = [m for m in chosen if names is None or m.name in names
+              or (m.name == MASKED_BASE and MASKED_NAME in names)]
+    folders = {m.name: ensure_trained(m, args, device) for m in wanted}
+    if args.train_only:
+        return []
+    sources = []
+    for m in wanted:
+        source = load_source(str(folders[m.name]), device=device)
+        n = images_for(m.n, args, device)
+        if names is None or m.name in names:
+            sources.append((source, n))
+        if m.name == MASKED_BASE and (names is None or MASKED_NAME in names):
+            sources.append((masked_source(source), n))
+    return sources
+
+
+def images_for(default: int, args, device: torch.device) -> int:
+    """Test images of a model: `--n`, else its own (5x on GPU), at most 200 with `--quick`."""
+    n = args.n or (default * 5 if device.type == "cuda" else default)
+    return min(n, 200) if args.quick else n
+
+
+def run_side(source: ModelSource, suite: str, n: int, args, store: ResultsStore, fresh: bool):
+    """One evaluation of `source` under `suite` into `store`: (summary, per-sample frame)."""
+    batch_size = CPU_BATCH if resolve_device(args.device).type == "cpu" else "auto"
+    config = EvalConfig(suite=suite, eps=8 / 255, norm="linf", n=n, batch_size=batch_size,
+                        seed=args.seed, dataset="cifar10", data_dir=args.data_dir,
+                        device=args.device, checks=False)
+    result = evaluate(source, config, store, fresh=fresh, progress=False, log=lambda _: None)
+    return result.summary, store.per_sample(result.run_id)
+
+
+def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
+    """Both sides on one model and what they add up to."""
+    print(f"{source.name}: {REFERENCE_SUITE} on {n} images (resumed from the store if done)", flush=True)
+    reference, reference_samples = run_side(source, REFERENCE_SUITE, n, args, store, fresh=False)
+    print(f"{source.name}: {args.fast_suite}", flush=True)
+    fast, fast_samples = run_side(source, args.fast_suite, n, args, store, fresh=True)
+    ref_total, fast_total = reference.loc["worst case"], fast.loc["worst case"]
+    missed = int((~reference_samples["robust"] & reference_samples["clean_correct"]
+                  & fast_samples["robust"]).sum())
+    extra = int((reference_samples["robust"] & ~fast_samples["robust"]).sum())
+    return {"model": source.name, "n": n, "clean": reference.loc["clean", "accuracy"],
+            "aa": ref_total["accuracy"], "fast": fast_total["accuracy"],
+            "aa_fwd": ref_total["forward_passes"] / n, "aa_bwd": ref_total["backward_passes"] / n,
+            "fast_fwd": fast_total["forward_passes"] / n, "fast_bwd": fast_total["backward_passes"] / n,
+            "aa_s": ref_total["seconds"], "fast_s": fast_total["seconds"],
+            "missed": missed, "extra": extra}
+
+
+def report(rows: list[dict], args, device: torch.device) -> str:
+    """The BENCHMARKS.md section: one row per model."""
+    lines = [
+        f"### Stock AutoAttack against `{args.fast_suite}` on the zoo ({device_label(device)})",
+        "",
+        f"L∞, ε = 8/255, first n cifar10-mini test images, seed {args.seed}; `aa` is pyautoattack's "
+        "standard version. Passes are image-passes through the model per test image (forward + "
+        "backward, clean pass not included), counted by the evaluation engine; time is the "
+        "attack time on this machine (the `aa` side as measured when it ran, shared CPU). "
+        "*aa-only* is the number of images `aa` breaks that the fast suite leaves standing; "
+        "*fast-only* the converse.",
+        "",
+        f"| model | n | clean | `aa` | `{args.fast_suite}` | `aa` passes/img (fwd+bwd) | "
+        f"fast passes/img (fwd+bwd) | pass ratio | `aa` time (s) | fast time (s) | aa-only | fast-only |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        aa_passes, fast_passes = r["aa_fwd"] + r["aa_bwd"], r["fast_fwd"] + r["fast_bwd"]
+        ratio = aa_passes / fast_passes if fast_passes else float("nan")
+        lines.append(
+            f"| {r['model']} | {r['n']} | {100 * r['clean']:.1f}% | {100 * r['aa']:.1f}% | "
+            f"{100 * r['fast']:.1f}% | {aa_passes:.0f} ({r['aa_fwd']:.0f}+{r['aa_bwd']:.0f}) | "
+            f"{fast_passes:.0f} ({r['fast_fwd']:.0f}+{r['fast_bwd']:.0f}) | {ratio:.1f}× | "
+            f"{r['aa_s']:.0f} | {r['fast_s']:.0f} | {r['missed']} | {r['extra']} |")
+    lines += ["", f"`python benchmarks/bench_aa.py --fast-suite {args.fast_suite}"
+              f"{' --quick' if args.quick else ''} --device {device.type}`; the zoo's training "
+              "commands are `train_command` in the script; the planted masked model is "
+              f"{MASKED_BASE} behind 8-bit input quantisation with a zero input gradient."]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> str:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    sources = zoo_sources(args, device)
+    if args.train_only:
+        return ""
+    with ResultsStore(Path(args.cache) / "bench_aa.sqlite") as store:
+        rows = [compare(source, n, args, store) for source, n in sources]
+    body = report(rows, args, device)
+    print(body)
+    print(pd.DataFrame(rows).to_string())
+    if not args.no_write:
+        write_section("bench_aa", device, body)
+    return body
+
+
+if __name__ == "__main__":
+    main()
