@@ -9,6 +9,7 @@ pyautoattack's versions unchanged.
 
 from robeval.attacks import apgd as _apgd  # noqa: F401  (registers apgd-ce, apgd-dlr, apgd-t)
 from robeval.attacks import autoattack as _autoattack  # noqa: F401  (registers aa and its parts)
+from robeval.attacks import fast as _fast  # noqa: F401  (registers aa-fast)
 from robeval.attacks.base import (
            ATTACKS,
            Attack,
