@@ -22,7 +22,10 @@ pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
 EPS = 8 / 255
 N_IMAGES = 64  # at ε=8/255 one point survives APGD-CE, so every part of `aa` runs on it
 SEED = 3
-PARTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")
+PARTS = ("apgd-ce", "apgd-dlr", "apgd-t", "fab-t", "square")  # pyautoattack's names
+# robeval's names for pyautoattack's parts (plain `apgd-*` is robeval's own APGD)
+REGISTERED = {"apgd-ce": "pyautoattack-apgd-ce", "apgd-dlr": "pyautoattack-apgd-dlr",
+              "apgd-t": "pyautoattack-apgd-t", "fab-t": "fab-t", "square": "square"}
 # What pyautoattack's AutoAttack._set_version("standard") sets for the L∞ and L2 norms.
 STANDARD = {"apgd.n_restarts": 1, "apgd_targeted.n_target_classes": 9, "fab.n_restarts": 1,
             "apgd_targeted.n_restarts": 1, "fab.n_target_classes": 9, "square.n_queries": 5000}
@@ -81,9 +84,9 @@ def test_aa_matches_pyautoattack_standard_version(model, batch, aa_pair):
 
 
 @pytest.mark.parametrize("spec, settings", [
-    ("apgd-ce", {}),
-    ("apgd-dlr(restarts=2)", {"apgd.n_restarts": 2}),
-    ("apgd-t(targets=3)", {"apgd_targeted.n_target_classes": 3}),
+    ("pyautoattack-apgd-ce", {}),
+    ("pyautoattack-apgd-dlr(restarts=2)", {"apgd.n_restarts": 2}),
+    ("pyautoattack-apgd-t(targets=3)", {"apgd_targeted.n_target_classes": 3}),
     ("fab-t(iters=20,targets=2)", {"fab.n_iter": 20, "fab.n_target_classes": 2}),
     ("square(queries=100)", {"square.n_queries": 100}),
 ])
@@ -91,7 +94,8 @@ def test_part_matches_pyautoattack_custom_run(model, batch, spec, settings):
     images, labels = batch
     attack = build_attack(spec, ThreatModel(EPS))
     outcome = attack.run(model, images, labels, SEED)
-    x_adv, y_adv = direct(model, images, labels, attacks=[attack.name], settings={**STANDARD, **settings})
+    x_adv, y_adv = direct(model, images, labels, attacks=list(attack.entry.attacks),
+                          settings={**STANDARD, **settings})
     assert torch.equal(outcome.robust, y_adv == labels)
     assert torch.equal(outcome.adversarial, x_adv)
     assert (outcome.robust < (model(images).argmax(1) == labels)).any()  # the attack broke points
@@ -99,7 +103,8 @@ def test_part_matches_pyautoattack_custom_run(model, batch, spec, settings):
 
 def test_apgd_iterations_match_pyautoattack_constructor(model, batch):
     images, labels = batch
-    outcome = build_attack("apgd-ce(iters=20)", ThreatModel(EPS)).run(model, images, labels, SEED)
+    attack = build_attack("pyautoattack-apgd-ce(iters=20)", ThreatModel(EPS))
+    outcome = attack.run(model, images, labels, SEED)
 
     def apgd_with_20_iterations(adversary):
         return APGDAttack(model, n_restarts=1, n_iter=20, verbose=False, eps=EPS, norm="Linf",
@@ -115,7 +120,7 @@ def test_apgd_iterations_match_pyautoattack_constructor(model, batch):
 def test_parts_default_to_the_standard_versions_settings(model, name):
     standard = pyautoattack.AutoAttack(model, eps=EPS, seed=SEED, device=torch.device("cpu"))
     assert {path: _get(standard, path) for path in STANDARD} == STANDARD
-    adversary = PyAutoAttack(name, ThreatModel(EPS)).build(model, torch.device("cpu"), SEED)
+    adversary = PyAutoAttack(REGISTERED[name], ThreatModel(EPS)).build(model, torch.device("cpu"), SEED)
     assert adversary.attacks_to_run == [name]
     for holder in ("apgd", "apgd_targeted", "fab", "square"):
         assert vars(getattr(adversary, holder)).keys() == vars(getattr(standard, holder)).keys()
@@ -131,7 +136,7 @@ def _get(adversary, path):
 
 def test_aa_is_at_least_as_strong_as_apgd_ce(model, batch, aa_pair):
     images, labels = batch
-    apgd = build_attack("apgd-ce", ThreatModel(EPS)).run(model, images, labels, SEED)
+    apgd = build_attack("pyautoattack-apgd-ce", ThreatModel(EPS)).run(model, images, labels, SEED)
     aa = aa_pair[0]
     assert int(aa.robust.sum()) <= int(apgd.robust.sum())
     assert not (aa.robust & ~apgd.robust).any()
@@ -139,7 +144,7 @@ def test_aa_is_at_least_as_strong_as_apgd_ce(model, batch, aa_pair):
 
 def test_run_leaves_the_global_rng_and_trace_function_alone(model, batch):
     images, labels = batch
-    attack = build_attack("apgd-ce(iters=5)", ThreatModel(EPS))
+    attack = build_attack("pyautoattack-apgd-ce(iters=5)", ThreatModel(EPS))
     torch.manual_seed(1234)
     before = torch.get_rng_state()
 
@@ -158,9 +163,9 @@ def test_run_leaves_the_global_rng_and_trace_function_alone(model, batch):
 def test_logging_is_silent_unless_asked(model, batch, caplog):
     images, labels = batch
     caplog.set_level(logging.DEBUG, logger=LOGGER_NAME)
-    build_attack("apgd-ce(iters=5)", ThreatModel(EPS)).run(model, images[:8], labels[:8], SEED)
+    build_attack("pyautoattack-apgd-ce(iters=5)", ThreatModel(EPS)).run(model, images[:8], labels[:8], SEED)
     assert not caplog.records
-    PyAutoAttack("apgd-ce", ThreatModel(EPS), {"iters": 5}, verbose=True).run(
+    PyAutoAttack("pyautoattack-apgd-ce", ThreatModel(EPS), {"iters": 5}, verbose=True).run(
         model, images[:8], labels[:8], SEED)
     assert any(record.name == LOGGER_NAME for record in caplog.records)
     assert not logging.getLogger(LOGGER_NAME).disabled
@@ -168,7 +173,8 @@ def test_logging_is_silent_unless_asked(model, batch, caplog):
 
 def test_l2_apgd_ce_stays_in_the_ball(model, batch):
     images, labels = batch
-    outcome = build_attack("apgd-ce(iters=20)", ThreatModel(0.5, "l2")).run(model, images, labels, SEED)
+    outcome = build_attack("pyautoattack-apgd-ce(iters=20)", ThreatModel(0.5, "l2")).run(
+        model, images, labels, SEED)
     assert float(outcome.perturbation_norm.max()) <= 0.5 + 1e-4
     assert outcome.robust.sum() < (model(images).argmax(1) == labels).sum()
 
@@ -181,9 +187,10 @@ def test_empty_batch(model, batch):
 
 def test_specs_are_canonical():
     specs = [attack.spec for attack in parse_suite(
-        "AA, aa-plus, aa-rand, apgd_ce(restarts=1,iters=20), apgd-t(targets=9), square(queries=500)",
-        ThreatModel(EPS))]
-    assert specs == ["aa", "aa-plus", "aa-rand", "apgd-ce(iters=20)", "apgd-t", "square(queries=500)"]
+        "AA, aa-plus, aa-rand, pyautoattack_apgd_ce(restarts=1,iters=20), pyautoattack-apgd-t(targets=9),"
+        " square(queries=500)", ThreatModel(EPS))]
+    assert specs == ["aa", "aa-plus", "aa-rand", "pyautoattack-apgd-ce(iters=20)", "pyautoattack-apgd-t",
+                     "square(queries=500)"]
     assert set(ENTRIES) <= set(ATTACKS.names())
 
 
@@ -191,8 +198,8 @@ def test_specs_are_canonical():
     ("square(iters=3)", ["square has no option iters", "queries", "restarts"]),
     ("fab-t(restarts=2)", ["fab-t has no option restarts", "iters", "targets"]),
     ("aa(queries=10)", ["aa takes no options"]),
-    ("apgd-t(targets=0)", ["targets=0", "positive integer"]),
-    ("apgd-ce(iters=2.5)", ["iters=2.5", "positive integer"]),
+    ("pyautoattack-apgd-t(targets=0)", ["targets=0", "positive integer"]),
+    ("pyautoattack-apgd-ce(iters=2.5)", ["iters=2.5", "positive integer"]),
 ])
 def test_bad_options_are_refused(spec, words):
     with pytest.raises(RobevalError) as error:
@@ -203,7 +210,8 @@ def test_bad_options_are_refused(spec, words):
 def test_unknown_attack_lists_autoattack_names():
     with pytest.raises(RobevalError) as error:
         build_attack("apgd-x", ThreatModel(EPS))
-    assert all(name in str(error.value) for name in ("aa-plus", "aa-rand", *PARTS))
+    assert all(name in str(error.value) for name in ("aa-plus", "aa-rand", "aa-fast", *PARTS,
+                                                      *REGISTERED.values()))
 
 
 def test_norm_names_and_aliases():

@@ -1,6 +1,15 @@
-"""Attacks: norm step classes, losses, our PGD/FGSM, AutoAttack through pyautoattack, suites."""
+"""Attacks: norm step classes, losses, our PGD/FGSM and APGD, AutoAttack through pyautoattack,
+`aa-fast`, suites.
 
+`apgd-ce`, `apgd-dlr`, `apgd-t` are robeval's APGD with per-sample early exit
+(`robeval.attacks.apgd`); pyautoattack's APGD stays available as `pyautoattack-apgd-ce`,
+`pyautoattack-apgd-dlr`, `pyautoattack-apgd-t`, and `aa`, `aa-plus`, `aa-rand` are
+pyautoattack's versions unchanged.
+"""
+
+from robeval.attacks import apgd as _apgd  # noqa: F401  (registers apgd-ce, apgd-dlr, apgd-t)
 from robeval.attacks import autoattack as _autoattack  # noqa: F401  (registers aa and its parts)
+from robeval.attacks import fast as _fast  # noqa: F401  (registers aa-fast)
 from robeval.attacks.base import (
            ATTACKS,
            Attack,

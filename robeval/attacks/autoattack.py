@@ -2,26 +2,33 @@
 
 Registered attacks and what pyautoattack runs for each:
 
-============  ==================  ==========================================================
-spec          pyautoattack        attacks, in order
-============  ==================  ==========================================================
-`aa`          version="standard"  APGD-CE, APGD-T, FAB-T, Square
-`aa-plus`     version="plus"      APGD-CE, APGD-DLR (5 restarts each), FAB (5 restarts),
-                                  Square, APGD-T, FAB-T
-`aa-rand`     version="rand"      APGD-CE, APGD-DLR (1 restart, EOT over 20 passes per step)
-`apgd-ce`     version="custom"    APGD on the cross-entropy loss
-`apgd-dlr`    version="custom"    APGD on the DLR loss
-`apgd-t`      version="custom"    APGD on the targeted DLR loss, one run per target class
-`fab-t`       version="custom"    targeted FAB, one run per target class
-`square`      version="custom"    Square Attack (score-based, no gradients)
-============  ==================  ==========================================================
+======================  ==================  ================================================
+spec                    pyautoattack        attacks, in order
+======================  ==================  ================================================
+`aa`                    version="standard"  APGD-CE, APGD-T, FAB-T, Square
+`aa-plus`               version="plus"      APGD-CE, APGD-DLR (5 restarts each), FAB
+                                            (5 restarts), Square, APGD-T, FAB-T
+`aa-rand`               version="rand"      APGD-CE, APGD-DLR (1 restart, EOT over 20
+                                            passes per step)
+`pyautoattack-apgd-ce`  version="custom"    APGD on the cross-entropy loss
+`pyautoattack-apgd-dlr` version="custom"    APGD on the DLR loss
+`pyautoattack-apgd-t`   version="custom"    APGD on the targeted DLR loss, one run per
+                                            target class
+`fab-t`                 version="custom"    targeted FAB, one run per target class
+`square`                version="custom"    Square Attack (score-based, no gradients)
+======================  ==================  ================================================
+
+The plain names `apgd-ce`, `apgd-dlr` and `apgd-t` are robeval's own APGD with per-sample early
+exit (`robeval.attacks.apgd`, same options, same outcomes on all but a few points); the
+`pyautoattack-` names run pyautoattack's APGD unchanged, and `aa`, `aa-plus`, `aa-rand` always
+use pyautoattack's attacks, for numbers comparable with RobustBench.
 
 The three versions take no options: they are exactly pyautoattack's versions. A part alone
 runs with the settings that the standard version gives its attack object (pyautoattack's
 `AutoAttack._set_version("standard")` for the L∞ and L2 norms, on top of the constructor's
 values), not with the constructor's values, which differ for two settings (APGD: 5 restarts,
-FAB: 5 restarts). Defaults and options (`apgd-ce(iters=20,restarts=1)`, `apgd-t(targets=3)`,
-`square(queries=500)`):
+FAB: 5 restarts). Defaults and options (`pyautoattack-apgd-ce(iters=20,restarts=1)`,
+`pyautoattack-apgd-t(targets=3)`, `square(queries=500)`):
 
 ==========  =======================================  =======================================
 part        defaults                                 options → attribute (default)
@@ -43,8 +50,9 @@ square      5000 queries, 1 restart, p_init=0.8,     queries → square.n_querie
 targeted FAB run. Square keeps AutoAttack's `resc_schedule=False`, so with fewer queries its
 square sizes follow the 10 000-query schedule, as in AutoAttack. Setting `iters` of an APGD
 part also sets the checkpoint schedule that `APGDAttack.__init__` derives from the number of
-iterations (`n_iter_2`, `n_iter_min`, `size_decr`, `n_iter_orig`), so `apgd-ce(iters=20)` is
-the APGD that pyautoattack builds with `n_iter=20`.
+iterations (`n_iter_2`, `n_iter_min`, `size_decr`, `n_iter_orig`), so
+`pyautoattack-apgd-ce(iters=20)` is the APGD that pyautoattack builds with `n_iter=20`. (In
+the table above, `apgd-ce` stands for `pyautoattack-apgd-ce`, and likewise for the other two.)
 
 `run(model, images, labels, seed)` attacks the whole batch in one
 `run_standard_evaluation(images, labels, batch_size=len(images))` call on `images.device`.
@@ -114,9 +122,9 @@ ENTRIES: dict[str, Entry] = {
     "aa": Entry("standard"),
     "aa-plus": Entry("plus"),
     "aa-rand": Entry("rand"),
-    "apgd-ce": Entry("custom", ("apgd-ce",), _apgd_options("apgd") + _EOT),
-    "apgd-dlr": Entry("custom", ("apgd-dlr",), _apgd_options("apgd") + _EOT),
-    "apgd-t": Entry("custom", ("apgd-t",), _apgd_options("apgd_targeted") + _TARGETS),
+    "pyautoattack-apgd-ce": Entry("custom", ("apgd-ce",), _apgd_options("apgd") + _EOT),
+    "pyautoattack-apgd-dlr": Entry("custom", ("apgd-dlr",), _apgd_options("apgd") + _EOT),
+    "pyautoattack-apgd-t": Entry("custom", ("apgd-t",), _apgd_options("apgd_targeted") + _TARGETS),
     "fab-t": Entry("custom", ("fab-t",), (("iters", Option("fab.n_iter", 100)),
                                           ("targets", Option("fab.n_target_classes", 9)))),
     "square": Entry("custom", ("square",), (("queries", Option("square.n_queries", 5000)),
@@ -140,7 +148,7 @@ def resolve_options(name: str, options: dict) -> dict[str, int]:
     unknown = sorted(set(options) - set(allowed))
     if unknown and not allowed:
         raise RobevalError(f"{name} takes no options (got {', '.join(unknown)}); "
-                           "use its parts, e.g. apgd-ce(iters=20), for cheaper runs")
+                           "use its parts, e.g. apgd-ce(iters=20), or aa-fast, for cheaper runs")
     if unknown:
         raise RobevalError(f"{name} has no option {', '.join(unknown)}; options: {', '.join(allowed)}")
     given = {key: _count(name, key, value) for key, value in options.items()}

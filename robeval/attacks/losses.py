@@ -38,6 +38,13 @@ def dlr(logits: Tensor, labels: Tensor, targets: Tensor | None = None) -> Tensor
     return margin(logits, labels, targets) / scale
 
 
+def dlr_targeted(logits: Tensor, labels: Tensor, targets: Tensor) -> Tensor:
+    """APGD-T's targeted DLR (Croce & Hein, 2020): (z_t − z_y) / (z_π1 − (z_π3 + z_π4)/2)."""
+    ordered = logits.sort(1, descending=True).values
+    gap = logits.gather(1, targets[:, None]).squeeze(1) - logits.gather(1, labels[:, None]).squeeze(1)
+    return gap / (ordered[:, 0] - 0.5 * (ordered[:, 2] + ordered[:, 3]) + 1e-12)
+
+
 LOSSES: Registry = Registry("attack loss")
 LOSSES.add("ce", cross_entropy, aliases=("cross-entropy", "xent"))
 LOSSES.add("dlr", dlr)

@@ -1,0 +1,122 @@
+"""`aa-fast`: breaks what AutoAttack breaks on honest models, is not fooled by masked ones, costs less."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from robeval.attacks import ThreatModel, build_attack, parse_suite
+from robeval.data import DataConfig, load_data, load_test_set
+from robeval.errors import RobevalError
+from tests.conftest import fit_full_batch
+
+pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
+
+SEED = 2
+EPS = 4 / 255
+N_TEST = 96
+
+
+class Counting(nn.Module):
+    """Counts the images that go through the model forward, and back through it."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net, self.forward_images, self.backward_images = net, 0, 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.forward_images += len(x)
+        out = self.net(x)
+        if out.requires_grad:
+            out.register_hook(lambda grad, n=len(x): self._backward(n))
+        return out
+
+    def _backward(self, n: int) -> None:
+        self.backward_images += n
+
+    @property
+    def passes(self) -> int:
+        return self.forward_images + self.backward_images
+
+
+class Quantised(nn.Module):
+    """Rounds the input to 255 grey levels first: the gradient is zero almost everywhere."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(torch.round(x * 255) / 255)
+
+
+@pytest.fixture(scope="module")
+def model(cifar10_mini_dir):
+    """A one-hidden-layer MLP after 100 full-batch Adam steps on 512 CIFAR-10 images, frozen."""
+    config = DataConfig(dataset="cifar10", data_dir=str(cifar10_mini_dir), val_size=0,
+                        train_subset=512, augment=False)
+    images, labels = next(load_data(config).train.batches(512))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
+    net = fit_full_batch(net, images, labels)
+    for parameter in net.parameters():
+        parameter.requires_grad_(False)
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def points(cifar10_mini_dir, model):
+    """The clean-correct points among the first N_TEST test images."""
+    test = load_test_set("cifar10", cifar10_mini_dir, N_TEST)
+    images, labels = test.images.float() / 255, test.labels
+    with torch.no_grad():
+        keep = model(images).argmax(1) == labels
+    return images[keep], labels[keep]
+
+
+@pytest.fixture(scope="module")
+def aa_run(model, points):
+    """`aa` (pyautoattack's standard version) on the points, with its cost."""
+    counting = Counting(model)
+    outcome = build_attack("aa", ThreatModel(EPS)).run(counting, *points, SEED)
+    return outcome, counting.passes
+
+
+def test_breaks_everything_aa_breaks_at_a_fraction_of_the_cost(model, points, aa_run):
+    aa, aa_passes = aa_run
+    counting = Counting(model)
+    attack = build_attack("aa-fast", ThreatModel(EPS))
+    fast = attack.run(counting, *points, SEED)
+    assert 0 < int(aa.robust.sum()) < len(aa.robust)
+    assert not (fast.robust & ~aa.robust).any()          # nothing aa breaks is left standing
+    assert attack.flagged == 0                           # an honest model: no black-box stage
+    assert counting.passes * 5 <= aa_passes
+    assert float(fast.perturbation_norm.max()) <= EPS + 1e-6
+    assert torch.equal(fast.robust, fast.margin > 0)
+    assert fast.iterations is not None and int(fast.iterations.max()) <= 400
+
+
+def test_a_masked_model_does_not_fool_it(model, points):
+    masked = Quantised(model)
+    threat = ThreatModel(8 / 255)
+    gradient_only = parse_suite("apgd-ce,apgd-t(select=malt,targets=3)", threat)
+    standing = torch.ones(len(points[1]), dtype=torch.bool)
+    for position, attack in enumerate(gradient_only):
+        standing &= attack.run(masked, *points, SEED + position).robust
+    fast_attack = build_attack("aa-fast(queries=300)", threat)
+    fast = fast_attack.run(masked, *points, SEED)
+    assert fast_attack.flagged == 1 and any("gradients" in flag for flag in fast_attack.last_flags)
+    assert int(standing.sum()) >= len(standing) // 2     # the gradient stages alone are fooled
+    assert int(fast.robust.sum()) <= int(standing.sum()) // 2
+
+
+def test_options_and_errors():
+    threat = ThreatModel(EPS)
+    assert [a.spec for a in parse_suite("aa-fast, AA_fast(iters=20,targets=2,queries=500)", threat)] == [
+        "aa-fast", "aa-fast(iters=20,targets=2,queries=500)"]
+    for spec, words in [("aa-fast(restarts=2)", ["no option restarts", "iters, targets, queries"]),
+                        ("aa-fast(targets=0)", ["targets=0", "positive integer"])]:
+        with pytest.raises(RobevalError) as error:
+            build_attack(spec, threat)
+        assert all(word in str(error.value) for word in words)
