@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from robeval.activations import get_activation
+from robeval.checkpoints import remove_stale_temporaries
 from robeval.errors import RobevalError
 from robeval.report import figures, tables
 from robeval.report.collect import ReportData, collect
@@ -28,6 +30,7 @@ class ReportConfig:
     formats: tuple[str, ...] = FORMATS      # md, pdf, tex
     ci: bool = False                        # confidence intervals in the main table
     title: str = "robeval report"
+    include_unfinished: bool = False        # also unfinished evaluations, marked in every row
 
 
 def _optional_tables(data: ReportData) -> list[tables.Table]:
@@ -120,14 +123,16 @@ def _provenance(data: ReportData, store: ResultsStore) -> dict[str, str]:
 
 def assemble(store: ResultsStore, config: ReportConfig) -> Report:
     """Tables, figures and flags for the runs of `config` (all figures closed after rendering)."""
-    data = collect(store, list(config.runs) if config.runs else None)
+    data = collect(store, list(config.runs) if config.runs else None, config.include_unfinished)
     if data.models.empty:
-        raise RobevalError(f"{store.path} holds no finished evaluation runs: run `robeval attack` first")
+        raise RobevalError(f"{store.path} holds no finished evaluation runs: run `robeval attack` "
+                           "to the end first (or pass --include-unfinished)")
     if config.baseline is not None and config.baseline not in data.models.index:
         raise RobevalError(f"--baseline {config.baseline} is not among the runs: "
                            f"{', '.join(map(str, data.models.index))}")
     main = tables.main_table(data, baseline=config.baseline, ci=config.ci)
-    return Report(config.title, _provenance(data, store), [main, *_optional_tables(data)],
+    grouped = _optional_tables(data.finished()) if not data.finished().models.empty else []
+    return Report(config.title, _provenance(data, store), [main, *grouped],
                   _figures(data, store), _flags(data))
 
 
@@ -137,6 +142,14 @@ def build_report(store: ResultsStore, config: ReportConfig) -> dict[str, Path]:
     if unknown:
         raise RobevalError(f"unknown report format {', '.join(sorted(unknown))}; known: {', '.join(FORMATS)}")
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
     report = assemble(store, config)
-    return {fmt: WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
+    try:
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)  # left by a report killed outright
+        return {fmt: WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
+    except OSError as err:
+        raise RobevalError(f"cannot write the report to {out} ({err.strerror or err}): pass --out "
+                           "with a writable folder (or free disk space); files already there "
+                           "are whole") from err
