@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,14 +144,21 @@ def build_report(store: ResultsStore, config: ReportConfig) -> dict[str, Path]:
     if unknown:
         raise RobevalError(f"unknown report format {', '.join(sorted(unknown))}; known: {', '.join(FORMATS)}")
     out = Path(config.out)
-    report = assemble(store, config)
-    try:
+    with _report_writes(out):
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
+    report = assemble(store, config)
+    with _report_writes(out):
         remove_stale_temporaries(out)  # left by a report killed outright
         return {fmt: WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
+
+
+@contextmanager
+def _report_writes(out: Path) -> Iterator[None]:
+    """A failed write into the report folder as a one-line error (every file is whole)."""
+    try:
+        yield
     except OSError as err:
         raise RobevalError(f"cannot write the report to {out} ({err.strerror or err}): pass --out "
-                           "with a writable folder (or free disk space); files already there "
-                           "are whole") from err
+                           "with a writable folder, or free disk space") from err
