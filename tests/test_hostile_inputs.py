@@ -13,7 +13,10 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +24,7 @@ import torch
 
 from robeval.check import FORMAT
 from robeval.cli import main
+from robeval.errors import RobevalError
 from robeval.models import build_model
 from robeval.results import ResultsStore
 
@@ -300,3 +304,107 @@ def test_planted_pickle_in_a_cifar_folder_runs_no_code(work, tmp_path, capsys, c
     assert code == 2 and stderr.count("\n") == 1
     assert "data file" in stderr and "is truncated or corrupt: re-download it" in stderr
     assert store_state(work["db"]) == work["store"]
+
+
+# --- reports: finished runs only, read-only stores, no partial files -----------------------------
+
+def store_copy(work, tmp_path) -> Path:
+    """A copy of the fixture's store (its committed state, including what is in the WAL)."""
+    db = tmp_path / "store.sqlite"
+    with sqlite3.connect(work["db"]) as source, sqlite3.connect(db) as copy:
+        source.backup(copy)
+    return db
+
+
+def main_table_rows(report_md: Path) -> list[str]:
+    """The data rows of the first table in report.md."""
+    rows = [line for line in report_md.read_text().splitlines() if line.startswith("|")]
+    return rows[2:] if rows else []
+
+
+def test_unfinished_runs_are_shown_only_on_request_and_marked_in_every_row(work, tmp_path, capsys):
+    db = store_copy(work, tmp_path)
+    assert cli(capsys, "attack", work["run"], *ATTACK, "--suite", "pgd2", "--db", db)[0] == 0
+    with sqlite3.connect(db) as connection:   # run 2 stopped after its first batch
+        connection.execute("PRAGMA foreign_keys = ON")
+        connection.execute("DELETE FROM batches WHERE run_id = 2 AND batch_index = 1")
+        connection.execute("UPDATE runs SET status = 'running', finished_at = NULL WHERE id = 2")
+    code, _, stderr = cli(capsys, "report", "--db", db, "--out", tmp_path / "plain", "--format", "md")
+    assert code == 0, stderr
+    rows = main_table_rows(tmp_path / "plain" / "report.md")
+    assert len(rows) == 1 and "unfinished" not in rows[0]
+    code, _, stderr = cli(capsys, "report", "--db", db, "--out", tmp_path / "all", "--format", "md,tex",
+                          "--include-unfinished")
+    assert code == 0, stderr
+    rows = main_table_rows(tmp_path / "all" / "report.md")
+    assert len(rows) == 2
+    assert ["[unfinished: 1/2 batches]" in row for row in rows] == [False, True]
+    assert "[unfinished: 1/2 batches]" in (tmp_path / "all" / "tables.tex").read_text()
+
+
+def test_reading_a_store_writes_nothing(work, tmp_path, capsys):
+    db = store_copy(work, tmp_path)
+    with sqlite3.connect(db) as connection:   # a store as a plain file, as when copied around
+        connection.execute("PRAGMA journal_mode = DELETE")
+    before = db.read_bytes()
+    code, _, stderr = cli(capsys, "report", "--db", db, "--out", tmp_path / "r", "--format", "md")
+    assert code == 0, stderr
+    assert db.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r", "store.sqlite"]   # no -wal, -shm
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    code, _, stderr = cli(capsys, "report", "--db", empty, "--out", tmp_path / "r2")
+    assert code == 2 and "is empty or not a results store" in stderr
+    assert empty.stat().st_size == 0
+    with ResultsStore(db, readonly=True) as store, pytest.raises(RobevalError, match="read-only"):
+        store.finish_run(1)
+
+
+KILL_AT_FIRST_WRITE = """
+import os, signal, sys
+from robeval.cli import main
+from robeval.errors import RobevalError
+out, point = os.path.abspath(sys.argv[1]), sys.argv[2]
+def kill(event, args):
+    into_out = str(args[-3 if event == "os.rename" else 0]).startswith(out + os.sep)
+    writes = event == "open" and args[2] & (os.O_WRONLY | os.O_RDWR)
+    if into_out and (writes if point == "open" else event == "os.rename"):
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.addaudithook(kill)
+sys.exit(main(["report", "--db", sys.argv[3], "--out", out]))
+"""
+
+
+def whole(path: Path) -> bool:
+    """Whether an output file is complete (not empty, not cut short)."""
+    data = path.read_bytes()
+    ends = {".png": b"IEND\xaeB`\x82", ".pdf": b"%%EOF\n", ".md": b"\n", ".tex": b"\n"}
+    return bool(data) and data.endswith(ends[path.suffix])
+
+
+def outputs(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
+
+
+def kill_report(db: Path, out: Path, point: str) -> int:
+    """Run `robeval report` in a subprocess that SIGKILLs itself at its first write of `point`."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", KILL_AT_FIRST_WRITE, str(out), point, str(db)],
+                          env=env, capture_output=True, timeout=300).returncode
+
+
+def test_a_report_killed_at_its_first_write_leaves_no_partial_file(work, tmp_path, capsys):
+    db = store_copy(work, tmp_path)
+    fresh, existing = tmp_path / "fresh", tmp_path / "existing"
+    assert kill_report(db, fresh, "open") == -signal.SIGKILL
+    assert all(whole(fresh / name) for name in outputs(fresh))   # nothing, or only whole files
+    assert cli(capsys, "report", "--db", db, "--out", existing)[0] == 0
+    complete = outputs(existing)
+    assert {"report.md", "report.pdf", "tables.tex", "activations.png"} <= set(complete)
+    # Killed just before its first finished file replaces the old one: the old report stays.
+    assert kill_report(db, existing, "rename") == -signal.SIGKILL
+    assert outputs(existing) == complete
+    assert cli(capsys, "report", "--db", db, "--out", existing, "--format", "md")[0] == 0
+    assert not list(existing.glob(".*.tmp"))   # the killed run's temporary is cleaned up
+    assert all(whole(existing / name) for name in outputs(existing))
