@@ -8,6 +8,7 @@ embedded digits for one epoch.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -17,11 +18,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
+from robeval import checkpoints
 from robeval.check import FORMAT
 from robeval.cli import main
 from robeval.errors import RobevalError
@@ -408,3 +411,80 @@ def test_a_report_killed_at_its_first_write_leaves_no_partial_file(work, tmp_pat
     assert cli(capsys, "report", "--db", db, "--out", existing, "--format", "md")[0] == 0
     assert not list(existing.glob(".*.tmp"))   # the killed run's temporary is cleaned up
     assert all(whole(existing / name) for name in outputs(existing))
+
+
+# --- a full disk ---------------------------------------------------------------------------------
+
+class _FullDisk:
+    """A file whose write stores half the bytes and then fails, as on a full disk."""
+
+    def __init__(self, handle):
+        self.handle = handle
+
+    def write(self, data):
+        self.handle.write(bytes(data)[: len(data) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.handle.close()
+
+
+def test_a_full_disk_keeps_the_last_good_epoch_and_resume_continues(tmp_path, capsys, monkeypatch):
+    names, last_writes = {}, []
+    real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
+
+    def mkstemp(*args, **kwargs):
+        handle, name = real_mkstemp(*args, **kwargs)
+        names[handle] = Path(name).name
+        return handle, name
+
+    def fdopen(handle, *args, **kwargs):
+        file = real_fdopen(handle, *args, **kwargs)
+        if names.pop(handle, "").startswith(".last.pt."):
+            last_writes.append(handle)
+            if len(last_writes) == 2:   # the disk fills up while epoch 2 is saved
+                return _FullDisk(file)
+        return file
+
+    monkeypatch.setattr(checkpoints.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(checkpoints.os, "fdopen", fdopen)
+    out = tmp_path / "run"
+    code, _, stderr = cli(capsys, "train", *TRAIN, "--epochs", "2", "--out", out)
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "cannot save epoch 2" in stderr and "No space left on device" in stderr
+    assert "rerun with --resume to continue after epoch 1" in stderr
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 1
+    assert not list(out.glob(".*.tmp"))
+    monkeypatch.undo()
+    code, stdout, stderr = cli(capsys, "train", *TRAIN, "--epochs", "2", "--out", out, "--resume")
+    assert code == 0, stderr
+    assert f"resuming {out} after epoch 1" in stdout
+    assert torch.load(out / "last.pt", weights_only=True)["epoch"] == 2
+    assert [row["epoch"] for row in checkpoints.read_jsonl(out / "history.jsonl")] == [1, 2]
+
+
+def test_an_evaluation_on_a_full_disk_says_so_and_the_rerun_resumes(work, tmp_path, capsys,
+                                                                   monkeypatch):
+    db, batches = tmp_path / "store.sqlite", []
+    real = ResultsStore._insert_batch_rows
+
+    def fill_up(self, run_id, batch_index, *args):
+        batches.append(batch_index)
+        if len(batches) == 2:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real(self, run_id, batch_index, *args)
+
+    monkeypatch.setattr(ResultsStore, "_insert_batch_rows", fill_up)
+    code, _, stderr = cli(capsys, "attack", work["run"], *ATTACK, "--db", db)
+    assert code == 2 and stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert "is full (database or disk is full): free space and rerun the same command" in stderr
+    monkeypatch.undo()
+    code, stdout, stderr = cli(capsys, "attack", work["run"], *ATTACK, "--db", db)
+    assert code == 0, stderr
+    assert "resuming: 1 of 2 batches already in" in stdout
