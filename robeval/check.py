@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from robeval.checkpoints import atomic_write_text
 from robeval.errors import RobevalError
 
 FORMAT = "robeval-baseline/1"
@@ -225,6 +226,14 @@ def _device(experiment) -> str:
     return str(resolve_device(cells(experiment)[0].config.device))
 
 
+def parse_seeds(text: str) -> list[int]:
+    """`0,1,2` → [0, 1, 2]; anything else is a one-line error."""
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts or not all(re.fullmatch(r"[+-]?\d+", part) for part in parts):
+        raise RobevalError(f"--seeds {text!r} must be comma-separated whole numbers, e.g. 0,1,2")
+    return [int(part) for part in parts]
+
+
 def update_baseline(experiment, baseline_path: str | Path, root: str | Path | None = None,
                     seeds: Sequence[int] = DEFAULT_SEEDS, progress: bool = False,
                     log: Callable[[str], None] = print) -> dict:
@@ -235,9 +244,7 @@ def update_baseline(experiment, baseline_path: str | Path, root: str | Path | No
     with _root(root) as where:
         measured = measure(experiment, seeds, where, progress, log)
     baseline = build_baseline(experiment, measured, seeds)
-    path = Path(baseline_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(baseline, indent=1) + "\n")
+    atomic_write_text(Path(baseline_path), json.dumps(baseline, indent=1) + "\n")
     return baseline
 
 
@@ -248,12 +255,19 @@ def load_baseline(path: str | Path, experiment) -> dict:
         raise RobevalError(f"baseline {path} does not exist: create it with `robeval check "
                            f"{experiment.name} --baseline {path} --update`")
     try:
-        baseline = json.loads(path.read_text())
+        baseline = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RobevalError(f"baseline {path} is not UTF-8 text ({err.reason} at byte {err.start}): "
+                           "regenerate it with --update") from err
     except json.JSONDecodeError as err:
         raise RobevalError(f"baseline {path} is not valid JSON ({err.msg}): regenerate it with "
                            "--update") from err
     if not isinstance(baseline, dict) or baseline.get("format") != FORMAT:
         raise RobevalError(f"{path} is not a robeval baseline ({FORMAT}): regenerate it with --update")
+    for key, kind in (("provenance", dict), ("cells", dict), ("check_seed", int)):
+        if not isinstance(baseline.get(key), kind) or isinstance(baseline.get(key), bool):
+            raise RobevalError(f"baseline {path} lacks a valid {key!r} entry: regenerate it with "
+                               "--update")
     if baseline.get("experiment") != experiment.name:
         raise RobevalError(f"baseline {path} is for experiment {baseline.get('experiment')!r}, not "
                            f"{experiment.name!r}: pass the right --baseline")

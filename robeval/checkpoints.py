@@ -6,6 +6,8 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def atomic_output(path: Path) -> Iterator[io.BytesIO]:
+    """A buffer to write into; on leaving without error it replaces `path` atomically.
+
+    For writers that want a file object (matplotlib's savefig, PdfPages): nothing touches the
+    disk until the content is complete, so an error or a kill never leaves a partial file.
+    """
+    buffer = io.BytesIO()
+    yield buffer
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporaries that `atomic_write_bytes` leaves only when killed outright."""
+    folder = Path(folder)
+    stale = [path for path in folder.glob(".*.tmp") if path.is_file()] if folder.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -175,13 +175,13 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
            seed, mode, arch, activation, model_dir, fresh, checks, quiet, nproc) -> None:
     """Evaluate MODEL (run folder, checkpoint, state_dict + --arch, robustbench:NAME)."""
     from robeval.distributed import rank_device, session
-    from robeval.evaluate import EvalConfig, evaluate, format_summary
+    from robeval.evaluate import EvalConfig, check_batch_size, evaluate, format_summary
     from robeval.results import ResultsStore
     from robeval.sources import load_source
     from robeval.train.loop import resolve_device
 
-    if batch_size != "auto" and not batch_size.isdigit():
-        raise RobevalError(f"--batch-size must be auto or a positive number, not {batch_size!r}")
+    check_batch_size(batch_size)
+    resolve_device(device)
     if relaunch(nproc, f"finished batches are kept in {db}: rerun the same command to continue"):
         return
     parsed_eps = None if eps is None else parse_eps(eps)
@@ -238,6 +238,8 @@ def diagnose(model_spec, eps, norm, n_images, check_names, pgd_steps, device, da
     from robeval.sources import load_source
     from robeval.train.loop import resolve_device
 
+    if pgd_steps < 1:
+        raise RobevalError(f"--pgd-steps {pgd_steps} must be at least 1 (e.g. 10)")
     parsed_eps = None if eps is None else parse_eps(eps)
     source = load_source(model_spec, arch=arch, activation=activation, dataset=dataset,
                          model_dir=model_dir, eps=parsed_eps, norm=norm,
@@ -263,19 +265,18 @@ def diagnose(model_spec, eps, norm, n_images, check_names, pgd_steps, device, da
 @click.option("--out", default="reports/report", show_default=True, help="report folder")
 @click.option("--ci", is_flag=True, help="confidence intervals in the main table")
 @click.option("--title", default="robeval report", show_default=True)
-def report(run_ids, db, baseline, formats, out, ci, title) -> None:
-    """Render paper-style tables and figures for RUN_IDS (default: every evaluation in --db)."""
-    from pathlib import Path
-
+@click.option("--include-unfinished", is_flag=True,
+              help="also show evaluations that did not finish, marked in every row")
+def report(run_ids, db, baseline, formats, out, ci, title, include_unfinished) -> None:
+    """Render paper-style tables and figures for RUN_IDS (default: every finished evaluation)."""
     from robeval.report.build import ReportConfig, build_report
     from robeval.results import ResultsStore
 
-    if not Path(db).is_file():
-        raise RobevalError(f"results store {db} does not exist: run `robeval attack` first or pass --db")
     config = ReportConfig(out=out, runs=tuple(run_ids) or None, baseline=baseline,
                           formats=tuple(f.strip() for f in formats.split(",") if f.strip()),
-                          ci=ci, title=title)
-    paths = build_report(ResultsStore(db), config)
+                          ci=ci, title=title, include_unfinished=include_unfinished)
+    with ResultsStore(db, readonly=True) as store:
+        paths = build_report(store, config)
     click.echo(f"report written to {out}/")
     for fmt, path in paths.items():
         click.echo(f"  {fmt}: {path}")
@@ -314,12 +315,12 @@ def run(experiment_spec, data_dir, root, dry_run, quiet) -> None:
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def check(experiment_spec, baseline_file, data_dir, root, update, seeds, quiet) -> int:
     """Rerun EXPERIMENT at a fixed seed; exit 1 when a metric moved beyond the baseline's tolerance."""
-    from robeval.check import check_table, run_check, update_baseline, verdict
+    from robeval.check import check_table, parse_seeds, run_check, update_baseline, verdict
     from robeval.experiments import load_experiment
 
+    seed_list = parse_seeds(seeds)
     experiment = load_experiment(experiment_spec, data_dir=data_dir)
     if update:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
         baseline = update_baseline(experiment, baseline_file, root, seed_list, progress=not quiet,
                                    log=click.echo)
         click.echo(f"baseline of {experiment.name} ({len(baseline['cells'])} cells, seeds "

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from robeval.attacks import Attack, ThreatModel, parse_suite
+from robeval.attacks import NORMS, Attack, ThreatModel, parse_suite
 from robeval.attacks.cost import PassCounter
 from robeval.data import dataset_info, load_test_set
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
@@ -91,7 +91,8 @@ def resolve(config: EvalConfig, source: ModelSource) -> ResolvedEval:
     eps = parse_eps(config.eps) if config.eps is not None else source.eps
     if eps is None:
         raise RobevalError(f"{source.name} does not record its ε: pass --eps (e.g. 8/255)")
-    norm = (config.norm or source.norm or "linf").lower()
+    norm = NORMS.resolve((config.norm or source.norm or "linf").lower())
+    check_batch_size(config.batch_size)
     classes = dataset_info(dataset).num_classes
     if classes != source.num_classes:
         raise RobevalError(f"{source.name} has {source.num_classes} classes but {dataset} has "
@@ -101,6 +102,13 @@ def resolve(config: EvalConfig, source: ModelSource) -> ResolvedEval:
         raise RobevalError("--n must be at least 1")
     return ResolvedEval(config.suite, eps, norm, n, config.seed, config.mode, dataset,
                         config.data_dir)
+
+
+def check_batch_size(value: int | str) -> None:
+    """`auto` or a positive whole number; anything else is refused before any work."""
+    text = str(value).strip()
+    if text != "auto" and not (text.isdigit() and int(text) >= 1):
+        raise RobevalError(f"--batch-size must be auto or a positive number, not {value!r}")
 
 
 def batch_seed(seed: int, batch: int, position: int) -> int:

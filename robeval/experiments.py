@@ -133,7 +133,10 @@ def find_experiment(path_or_name: str | Path) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise RobevalError(f"experiment {path} is not UTF-8 text ({err.reason} at byte "
+                           f"{err.start}): save it as UTF-8") from err
     except yaml.YAMLError as err:
         raise RobevalError(f"experiment {path} is not valid YAML: {str(err).splitlines()[0]}") from err
     if not isinstance(values, dict):
@@ -223,7 +226,31 @@ def load_experiment(path_or_name: str | Path, data_dir: str | None = None) -> Ex
                             _parse_seeds(values.get("seeds"), str(path)), attack, report,
                             _parse_paper(values.get("paper"), str(path)), path)
     _check_paper_cells(experiment)
+    _check_attack(experiment)
     return experiment
+
+
+def _check_attack(experiment: Experiment) -> None:
+    """Refuse an `attack` block that could not evaluate some cell, before any training."""
+    from robeval.attacks import NORMS, ThreatModel, parse_suite
+    from robeval.evaluate import MODES, check_batch_size
+    from robeval.spec import parse_eps
+
+    where = f"'attack' of {experiment.path}"
+    try:
+        config = EvalConfig(**experiment.attack)
+        if config.mode not in MODES:
+            raise RobevalError(f"unknown mode {config.mode!r}; known: {', '.join(MODES)}")
+        check_batch_size(config.batch_size)
+        if config.n is not None and (not isinstance(config.n, int) or config.n < 1):
+            raise RobevalError(f"n={config.n!r} must be a positive whole number of test images")
+        threats = {(parse_eps(config.eps) if config.eps is not None else cell.config.adversary.eps,
+                    NORMS.resolve(config.norm or cell.config.adversary.norm))
+                   for cell in cells(experiment)}
+        for eps, norm in sorted(threats):
+            parse_suite(str(config.suite), ThreatModel(eps, norm))
+    except RobevalError as err:
+        raise RobevalError(f"{where}: {err}") from err
 
 
 # --- cells --------------------------------------------------------------------------------------

@@ -229,9 +229,16 @@ def _opt(kind: type, value: Any) -> Any:
 class ResultsStore:
     """Evaluation runs in one SQLite file (see the module docstring for the layout)."""
 
-    def __init__(self, path: str | Path):
-        """Open or create the database at `path` (and its parent folder); errors are one line."""
-        self.path = Path(path)
+    def __init__(self, path: str | Path, readonly: bool = False):
+        """Open or create the database at `path` (and its parent folder); errors are one line.
+
+        With `readonly`, an existing store is opened for reading only: nothing is created,
+        switched or migrated, so a store on a read-only disk or shared read-only can be read.
+        """
+        self.path, self.readonly = Path(path), readonly
+        if readonly:
+            self._db = self._connect_readonly()
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
@@ -247,6 +254,41 @@ class ResultsStore:
             self._db.close()
             raise self._database_error(err) from err
 
+    def _connect_readonly(self) -> sqlite3.Connection:
+        """A read-only connection to an existing store of the current schema."""
+        if self.path.is_dir():
+            raise RobevalError(f"results store {self.path} is a folder, not a database file: "
+                               "pass --db with the .sqlite file inside it")
+        if not self.path.is_file():
+            raise RobevalError(f"results store {self.path} does not exist: run `robeval attack` "
+                               "first or pass --db")
+        try:
+            try:
+                db, version = self._open_uri("mode=ro")
+            except sqlite3.OperationalError:
+                # A WAL store in a folder we may not write to: its shared-memory index cannot
+                # be created, so read the file as it is (no other writer can be running there).
+                db, version = self._open_uri("immutable=1")
+        except sqlite3.DatabaseError as err:
+            raise self._database_error(err) from err
+        if version != SCHEMA_VERSION:
+            db.close()
+            what = "is empty or not a results store" if version == 0 else (
+                f"has schema version {version}, not {SCHEMA_VERSION}")
+            raise RobevalError(f"results database {self.path} {what}: pass --db with a store "
+                               "written by `robeval attack` of this version")
+        return db
+
+    def _open_uri(self, flags: str) -> tuple[sqlite3.Connection, int]:
+        db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True,
+                             timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        try:
+            db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            return db, db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError:
+            db.close()
+            raise
+
     def _unwritable(self, err: BaseException) -> RobevalError:
         return RobevalError(
             f"cannot open results database {self.path} ({_one_line(err)}): "
@@ -259,6 +301,14 @@ class ResultsStore:
                 f"results database {self.path} stayed locked by another process for "
                 f"{BUSY_TIMEOUT_S:.0f} s: retry when it is done or pass --db with another path"
             )
+        if isinstance(err, sqlite3.OperationalError) and "full" in str(err):
+            return RobevalError(
+                f"the disk holding results database {self.path} is full ({_one_line(err)}): free "
+                "space and rerun the same command; committed batches are kept"
+            )
+        if isinstance(err, sqlite3.OperationalError) and "readonly" in str(err):
+            return RobevalError(f"results database {self.path} is read-only: pass --db with a "
+                                "writable file path")
         if isinstance(err, sqlite3.OperationalError):
             return self._unwritable(err)
         return RobevalError(

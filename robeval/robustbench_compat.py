@@ -196,6 +196,27 @@ def install() -> None:
     sys.modules["autoattack"] = _adapter_module()
 
 
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Within the block, every `torch.load` (robustbench's and torch.hub's) is weights-only.
+
+    robustbench loads its checkpoints, ensembles included, with a bare `torch.load`, which
+    unpickles arbitrary objects under torch versions whose default is not weights-only; a
+    downloaded or planted file must never run code, whatever the installed torch.
+    """
+    original = torch.load
+
+    def load(*args, **kwargs):
+        kwargs["weights_only"] = True
+        return original(*args, **kwargs)
+
+    torch.load = load
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
 def import_robustbench() -> types.ModuleType:
     """Install the adapter if needed, then import and return the ``robustbench`` package."""
     install()

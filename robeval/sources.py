@@ -374,12 +374,13 @@ def _check_online(name: str, path: Path, from_file: bool) -> None:
 def _download(name: str, path: Path, model_dir: str | Path, dataset: str,
               threat_model: str) -> nn.Module:
     """robustbench's own `load_model`, which downloads; failures become one line naming the file."""
-    from robeval.robustbench_compat import import_robustbench
+    from robeval.robustbench_compat import import_robustbench, weights_only_loads
 
     robustbench = import_robustbench()
     try:
-        return robustbench.load_model(name, model_dir=str(model_dir), dataset=dataset,
-                                      threat_model=threat_model)
+        with weights_only_loads():
+            return robustbench.load_model(name, model_dir=str(model_dir), dataset=dataset,
+                                          threat_model=threat_model)
     except Exception as err:
         raise RobevalError(f"robustbench:{name}: could not download or load {path} "
                            f"({type(err).__name__}: {_first_line(err)}): check the network, or "

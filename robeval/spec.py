@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -66,6 +67,8 @@ def format_spec(name: str, options: dict) -> str:
 def parse_eps(text: str | float) -> float:
     """ε in [0,1] pixel units; a value above 1 is an error with a hint, never silently rescaled."""
     value = float(parse_number(text))
+    if not math.isfinite(value):
+        raise RobevalError(f"eps={text} is not a finite number; use e.g. 8/255")
     if value > 1:
         raise RobevalError(
             f"eps={text} is above 1: eps is in [0,1] pixel units; did you mean {text}/255?"

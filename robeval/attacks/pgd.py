@@ -6,6 +6,7 @@ accumulate gradients while an example is crafted; inputs stay in [0,1].
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -94,14 +95,17 @@ class PGDAttack:
                  smooth: bool = False, name: str | None = None):
         from robeval.attacks.losses import LOSSES
 
+        label = name or f"pgd{steps}"
         self.eps, self.norm = threat.eps, threat.norm
-        self.steps, self.restarts = int(steps), int(restarts)
-        self.step = eval_step_size(self.eps, self.steps) if step is None else float(step)
-        self.random_start, self.targeted, self.smooth = bool(random_start), bool(targeted), smooth
+        self.steps = _count_option(label, "steps", steps)
+        self.restarts = _count_option(label, "restarts", restarts)
+        self.step = (eval_step_size(self.eps, self.steps) if step is None
+                     else _step_option(label, step))
+        self.random_start = _flag_option(label, "random_start", random_start)
+        self.targeted = _flag_option(label, "targeted", targeted)
+        self.smooth = smooth
         self.loss_name = LOSSES.resolve(loss)
         self.loss_fn = LOSSES.get(loss)
-        if self.steps < 1 or self.restarts < 1:
-            raise RobevalError("PGD needs steps >= 1 and restarts >= 1")
         self.spec = format_spec(name or f"pgd{self.steps}" + ("-smooth" if smooth else ""),
                                 self._non_default_options(name == "fgsm"))
 
@@ -188,6 +192,29 @@ class PGDAttack:
         return best, iterations
 
 
+def _count_option(attack: str, key: str, value: object) -> int:
+    """A step or restart count as a positive integer, or an error naming the option."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        what = "pgdK needs K >= 1, e.g. pgd10" if key == "steps" else f"write e.g. {key}=2"
+        raise RobevalError(f"{attack}: {key}={value} must be a positive integer ({what})")
+    return value
+
+
+def _step_option(attack: str, value: object) -> float:
+    """A step size as a positive finite number, or an error naming the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise RobevalError(f"{attack}: step={value} must be a positive number (write e.g. step=2/255)")
+    return float(value)
+
+
+def _flag_option(attack: str, key: str, value: object) -> bool:
+    """A yes/no option, or an error naming the option."""
+    if not isinstance(value, bool):
+        raise RobevalError(f"{attack}: {key}={value} must be true or false")
+    return value
 
 
 def _fgsm(threat, options: dict) -> PGDAttack:

@@ -94,6 +94,35 @@ def find_folder(layout: CifarLayout, data_dir: Path | None) -> Path | None:
     return None
 
 
+# The only globals a CIFAR batch (or a same-format subset written by numpy) refers to: numpy's
+# array reconstruction under its old and new module names, and the codec Python 2 strings use.
+SAFE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})
+
+
+class BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds dicts, lists, strings, numbers and numpy arrays, and nothing else.
+
+    A pickle can name any importable callable and have it called while loading; a data file
+    must not run code, so every other global is refused before it is looked up.
+    """
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in a data batch")
+        return super().find_class(module, name)
+
+
+def load_batch_pickle(handle) -> object:
+    """Unpickle one batch file with `BatchUnpickler` (Python 2 strings stay bytes)."""
+    return BatchUnpickler(handle, encoding="bytes").load()
+
+
 def download(layout: CifarLayout, data_dir: Path) -> None:
     """Fetch and unpack the official archive into `data_dir` (torchvision's utilities)."""
     from torchvision.datasets.utils import download_and_extract_archive
@@ -132,7 +161,7 @@ def read_batch(path: Path, official: OfficialFile, label_key: bytes,
         verify_md5(path, official, fix)
     try:
         with open(path, "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+            batch = load_batch_pickle(handle)
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[label_key], dtype=np.int64)
     except Exception as err:

@@ -12,6 +12,7 @@ import pandas as pd
 from robeval.data import load_test_set
 from robeval.diagnostics.gradients import batch_diagnostics, summarise
 from robeval.diagnostics.masking import CheckResult, run_checks
+from robeval.errors import RobevalError
 from robeval.evaluate import EvalConfig, git_commit, library_versions, prepare_model, resolve
 from robeval.results import ResultsStore, RunRecord
 from robeval.sources import ModelSource
@@ -51,6 +52,8 @@ def diagnose(source: ModelSource, config: EvalConfig, store: ResultsStore | None
              checks: str = "all", pgd_steps: int = 10,
              log: Callable[[str], None] = print) -> Diagnosis:
     """Gradient diagnostics on the first `config.n` test images, then the masking checks."""
+    if pgd_steps < 1:
+        raise RobevalError(f"--pgd-steps {pgd_steps} must be at least 1 (e.g. 10)")
     plan = resolve(config, source)
     device = resolve_device(config.device)
     test = load_test_set(plan.dataset, plan.data_dir, plan.n)

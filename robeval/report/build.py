@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from robeval.activations import get_activation
+from robeval.checkpoints import remove_stale_temporaries
 from robeval.errors import RobevalError
 from robeval.report import figures, tables
 from robeval.report.collect import ReportData, collect
@@ -28,6 +32,7 @@ class ReportConfig:
     formats: tuple[str, ...] = FORMATS      # md, pdf, tex
     ci: bool = False                        # confidence intervals in the main table
     title: str = "robeval report"
+    include_unfinished: bool = False        # also unfinished evaluations, marked in every row
 
 
 def _optional_tables(data: ReportData) -> list[tables.Table]:
@@ -120,15 +125,17 @@ def _provenance(data: ReportData, store: ResultsStore) -> dict[str, str]:
 
 def assemble(store: ResultsStore, config: ReportConfig) -> Report:
     """Tables, figures and flags for the runs of `config` (all figures closed after rendering)."""
-    data = collect(store, list(config.runs) if config.runs else None)
+    data = collect(store, list(config.runs) if config.runs else None, config.include_unfinished)
     if data.models.empty:
-        raise RobevalError(f"{store.path} holds no finished evaluation runs: run `robeval attack` first")
+        raise RobevalError(f"{store.path} holds no finished evaluation runs: run `robeval attack` "
+                           "to the end first (or pass --include-unfinished)")
     if config.baseline is not None and config.baseline not in data.models.index:
         raise RobevalError(f"--baseline {config.baseline} is not among the runs: "
                            f"{', '.join(map(str, data.models.index))}")
     main = tables.main_table(data, baseline=config.baseline, ci=config.ci)
     cost = [tables.cost_table(data)] if data.metrics["passes_per_image"].notna().any() else []
-    return Report(config.title, _provenance(data, store), [main, *cost, *_optional_tables(data)],
+    grouped = _optional_tables(data.finished()) if not data.finished().models.empty else []
+    return Report(config.title, _provenance(data, store), [main, *cost, *grouped],
                   _figures(data, store), _flags(data))
 
 
@@ -138,6 +145,21 @@ def build_report(store: ResultsStore, config: ReportConfig) -> dict[str, Path]:
     if unknown:
         raise RobevalError(f"unknown report format {', '.join(sorted(unknown))}; known: {', '.join(FORMATS)}")
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with _report_writes(out):
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
+        out.mkdir(parents=True, exist_ok=True)
     report = assemble(store, config)
-    return {fmt: WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
+    with _report_writes(out):
+        remove_stale_temporaries(out)  # left by a report killed outright
+        return {fmt: WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
+
+
+@contextmanager
+def _report_writes(out: Path) -> Iterator[None]:
+    """A failed write into the report folder as a one-line error (every file is whole)."""
+    try:
+        yield
+    except OSError as err:
+        raise RobevalError(f"cannot write the report to {out} ({err.strerror or err}): pass --out "
+                           "with a writable folder, or free disk space") from err

@@ -4,6 +4,10 @@
 architecture, activation, training method and tricks from its recorded config) and `metrics`
 (long: run_id, metric, accuracy, ci_low, ci_high, seconds, n, forward_passes, backward_passes,
 passes_per_image; metric is 'clean', an attack spec or 'worst case').
+
+Only finished evaluations are collected unless unfinished ones are asked for; those carry an
+`unfinished` marker ("unfinished: 2/10 batches") that every table row and figure label shows,
+since their figures cover only the committed batches.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from robeval.activations import get_activation
+from robeval.errors import RobevalError
 from robeval.results import ResultsStore
 
 # Training settings shown as "tricks" (Bag of Tricks) when they differ across models.
@@ -27,6 +32,13 @@ class ReportData:
 
     models: pd.DataFrame
     metrics: pd.DataFrame
+
+    def finished(self) -> ReportData:
+        """The same data without the unfinished runs."""
+        if self.models.empty or "unfinished" not in self.models:
+            return self
+        keep = self.models[self.models["unfinished"] == ""]
+        return ReportData(keep, self.metrics[self.metrics["run_id"].isin(keep.index)])
 
     def accuracy_table(self, value: str = "accuracy") -> pd.DataFrame:
         """Wide: one row per run, one column per metric (clean, attacks in order, worst case)."""
@@ -75,21 +87,55 @@ def history_path(source: dict) -> str | None:
     return str(candidate) if candidate.is_file() else None
 
 
-def collect(store: ResultsStore, run_ids: list[int] | None = None) -> ReportData:
-    """One row per finished evaluation run (diagnose-only runs are left out)."""
+def unfinished_marker(run) -> str:
+    """'' for a finished run, else 'unfinished: B/T batches' (committed of total)."""
+    if run.status == "finished":
+        return ""
+    total = -(-int(run.n) // max(int(run.batch_size), 1))
+    return f"unfinished: {int(run.batches)}/{total} batches"
+
+
+def check_run_ids(runs: pd.DataFrame, run_ids: list[int], include_unfinished: bool, path) -> None:
+    """Every asked-for run exists and, unless asked for, is finished; else a one-line error."""
+    by_id = {run.id: run for run in runs.itertuples(index=False)}
+    missing = [run_id for run_id in run_ids if run_id not in by_id]
+    if missing:
+        known = ", ".join(map(str, by_id)) or "none"
+        raise RobevalError(f"no run with id {missing[0]} in {path} (its runs: {known}): "
+                           "pick an id it holds")
+    for run_id in run_ids:
+        marker = unfinished_marker(by_id[run_id])
+        if marker and not include_unfinished:
+            raise RobevalError(f"run {run_id} in {path} did not finish ({marker}): rerun its "
+                               "`robeval attack` command to finish it, or pass --include-unfinished")
+
+
+def collect(store: ResultsStore, run_ids: list[int] | None = None,
+            include_unfinished: bool = False) -> ReportData:
+    """One row per finished evaluation run (diagnose-only runs are left out).
+
+    With `include_unfinished`, runs still 'running' (stopped or in progress) are kept too,
+    each marked by `unfinished_marker` in the `unfinished` column and in its label.
+    """
     runs = store.runs()
+    if run_ids is not None:
+        check_run_ids(runs, run_ids, include_unfinished, store.path)
     model_rows, metric_rows = [], []
     for run in runs.itertuples(index=False):
         if run_ids is not None and run.id not in run_ids:
             continue
         if not run.attacks or (run.notes or {}).get("kind") == "diagnose":
             continue
+        marker = unfinished_marker(run)
+        if marker and not include_unfinished:
+            continue
         config = run.config or {}
         facts = _training(config)
         name, params = _activation_parts(facts.get("activation"))
         checks = (run.notes or {}).get("checks", {})
         model_rows.append({
-            "run_id": run.id, "label": run.model, "dataset": run.dataset, "eps": run.eps,
+            "run_id": run.id, "label": f"{run.model} [{marker}]" if marker else run.model,
+            "unfinished": marker, "dataset": run.dataset, "eps": run.eps,
             "norm": run.norm, "n": run.n, "mode": run.mode, "attacks": list(run.attacks),
             **facts, "activation_name": name, "activation_params": params,
             "history": history_path(config.get("source") or {}),

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from robeval.checkpoints import atomic_write_text  # noqa: E402
+from robeval.checkpoints import atomic_output, atomic_write_text  # noqa: E402
 from robeval.report.tables import Table, to_latex, to_markdown  # noqa: E402
 
 PAGE = (8.27, 11.69)  # A4 portrait, inches
@@ -55,7 +55,8 @@ def write_markdown(report: Report, out: Path) -> Path:
             lines += [f"*{table.notes}*", ""]
     for section in report.figures:
         png = out / f"{section.name}.png"
-        section.figure.savefig(png, dpi=150, metadata={"Software": None})
+        with atomic_output(png) as buffer:
+            section.figure.savefig(buffer, format="png", dpi=150, metadata={"Software": None})
         lines += [f"## {section.caption.split('.')[0]}", "", f"![{section.caption}]({png.name})", "",
                   f"*{section.caption}*", ""]
     lines += ["## Gradient-masking checks", ""]
@@ -122,10 +123,9 @@ def _figure_page(section: Section) -> Figure:
 def write_pdf(report: Report, out: Path) -> Path:
     """report.pdf: title page, tables, figures with captions, masking flags."""
     path = out / "report.pdf"
-    tmp = out / ".report.pdf.tmp"
     # TrueType fonts keep the text selectable and searchable in the PDF.
-    with matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(
-            tmp, metadata={"Title": report.title, "Creator": "robeval", "CreationDate": None,
+    with atomic_output(path) as buffer, matplotlib.rc_context({"pdf.fonttype": 42}), PdfPages(
+            buffer, metadata={"Title": report.title, "Creator": "robeval", "CreationDate": None,
                            "ModDate": None}) as pdf:
         provenance = [f"{key}: {value}" for key, value in report.provenance.items()]
         pdf.savefig(_text_page(report.title, provenance))
@@ -134,7 +134,6 @@ def write_pdf(report: Report, out: Path) -> Path:
         for section in report.figures:
             pdf.savefig(_figure_page(section))
         pdf.savefig(_text_page("Gradient-masking checks", report.flags or ["No check raised a flag."]))
-    tmp.replace(path)
     return path
 
 

@@ -189,6 +189,8 @@ def model_labels(models: pd.DataFrame) -> pd.Series:
             continue
         parts = [row.get("arch"), activations[run_id], method]
         parts += [_setting_label(t, shown[run_id]) for t, shown in tricks.items() if shown[run_id]]
+        marker = row.get("unfinished")
+        parts += [f"[{marker}]"] if isinstance(marker, str) and marker else []
         labels.append(", ".join(str(p) for p in parts if not _missing(p)))
     series = pd.Series(labels, index=models.index, dtype=object)
     repeated = series.duplicated(keep=False)
@@ -273,6 +275,9 @@ def _main_notes(data: ReportData, baseline, labels: pd.Series, ci: bool) -> str:
         notes += f" Deltas in percentage points relative to {labels[baseline]} (run {baseline})."
     if ci:
         notes += " [low, high]: the stored confidence interval (Wilson, 95% by default)."
+    if "unfinished" in data.models and (data.models["unfinished"] != "").any():
+        notes += (" Rows marked [unfinished: ...] are evaluations that did not finish: their "
+                  "figures cover only the committed batches and are not results.")
     return notes
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from robeval.activations import SMOOTH_GRAD_MODES, activation_factory
@@ -145,6 +146,10 @@ def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     """Build and validate a `TrainConfig` from a nested dict (missing keys take defaults)."""
     values = dict(values)
+    for name in SECTIONS:
+        if values.get(name) is not None and not isinstance(values[name], dict):
+            raise RobevalError(f"config section {name!r} must be a mapping of settings (e.g. "
+                               f"'{name}: {{key: value}}'), not {values[name]!r}")
     sections = {name: _build(cls, values.pop(name, None) or {}) for name, cls in SECTIONS.items()}
     top = {k: _coerce(TrainConfig, k, v) for k, v in values.items()}
     config = TrainConfig(**sections, **top)
@@ -155,6 +160,17 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise RobevalError(f"unknown {what} {value!r}; known: {', '.join(choices)}")
+
+
+def check_device(name: str) -> torch.device:
+    """A device name this suite runs on (cpu, cuda, cuda:N), else a one-line error."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise RobevalError(f"unknown device {name!r}: use --device auto, cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise RobevalError(f"device {name!r} is not supported: use --device auto, cpu, cuda or cuda:N")
+    return device
 
 
 def validate(config: TrainConfig) -> None:
@@ -179,6 +195,29 @@ def validate(config: TrainConfig) -> None:
         raise RobevalError("--epochs and --batch-size must be at least 1")
     if not 0 <= optim.label_smoothing < 1:
         raise RobevalError("--label-smoothing must be in [0, 1)")
+    validate_sizes(config)
+    if config.device != "auto":
+        check_device(config.device)
+
+
+def validate_sizes(config: TrainConfig) -> None:
+    """Image counts that would train or validate on nothing."""
+    data = config.data
+    for option, value in (("--train-subset", data.train_subset), ("--test-subset", data.test_subset)):
+        if value is not None and value < 1:
+            raise RobevalError(f"{option} {value} selects no images: give a positive count "
+                               "or leave it out to use them all")
+    if data.train_subset is not None and data.train_subset < config.optim.batch_size:
+        raise RobevalError(f"--train-subset {data.train_subset} is smaller than --batch-size "
+                           f"{config.optim.batch_size}, so no full batch trains: raise the subset "
+                           "or lower --batch-size")
+    if data.val_size < 0:
+        raise RobevalError(f"--val-size {data.val_size} is negative: use 0 (no validation split) or more")
+    if config.diagnostics_batch < 0:
+        raise RobevalError(f"--diagnostics-batch {config.diagnostics_batch} is negative: "
+                           "use 0 to turn the diagnostics off, or a number of images")
+    if config.val_pgd_steps < 1:
+        raise RobevalError(f"--val-pgd-steps {config.val_pgd_steps} must be at least 1")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -187,7 +226,10 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise RobevalError(f"config file {path} does not exist")
     try:
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise RobevalError(f"config file {path} is not UTF-8 text ({err.reason} at byte "
+                           f"{err.start}): save it as UTF-8") from err
     except yaml.YAMLError as err:
         raise RobevalError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
     if not isinstance(values, dict):

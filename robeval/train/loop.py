@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +21,6 @@ from robeval.attacks.pgd import perturb
 from robeval.checkpoints import (
     atomic_write_text,
     load_checkpoint,
-    read_jsonl,
     save_checkpoint,
     write_jsonl,
 )
@@ -40,7 +41,7 @@ from robeval.distributed import (
 )
 from robeval.errors import RobevalError
 from robeval.models import NormalizedModel, build_model
-from robeval.train.config import TrainConfig, config_from_dict, config_to_dict
+from robeval.train.config import TrainConfig, check_device, config_from_dict, config_to_dict
 from robeval.train.methods import METHODS
 from robeval.train.schedule import eps_at, lr_at
 
@@ -63,9 +64,10 @@ def resolve_device(name: str = "auto") -> torch.device:
     """`auto` → CUDA when present, else CPU; an explicit `cuda` without a GPU is an error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    device = check_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
         raise RobevalError("--device cuda was asked for but no GPU is visible: use --device cpu")
-    return torch.device(name)
+    return device
 
 
 def model_for(config: TrainConfig, info: DatasetInfo) -> NormalizedModel:
@@ -92,12 +94,13 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -> dict | None:
     """Check `out` against the run about to start; return the state to resume from, if any."""
     config_path, wanted = out / "config.yaml", config_to_dict(config)
+    if out.exists() and not out.is_dir():
+        raise RobevalError(f"--out {out} is a file, not a folder: pass --out with a folder path")
     if force:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
     if config_path.is_file():
-        saved = yaml.safe_load(config_path.read_text())
-        if _normalised(saved) != wanted:
+        if _normalised(_saved_config(config_path)) != wanted:
             raise RobevalError(
                 f"{out} holds a different run: choose another --out, or pass --force to overwrite it"
             )
@@ -105,10 +108,37 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -
             raise RobevalError(f"{out} already holds this run: pass --resume to continue it "
                                "or --force to start over")
         if (out / "last.pt").is_file():
-            return load_checkpoint(out / "last.pt")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
+            return training_state(out / "last.pt")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config_path, yaml.safe_dump(wanted, sort_keys=False))
+    except OSError as err:
+        raise RobevalError(f"cannot write the run folder {out} ({err.strerror or err}): "
+                           "pass --out with a writable folder") from err
     return None
+
+
+def _saved_config(path: Path) -> dict:
+    """The config.yaml of an existing run; an unreadable one is a one-line error."""
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as err:
+        raise RobevalError(f"{path} is corrupt ({type(err).__name__}): restore it, or pass "
+                           "--force to start the run over") from err
+    if not isinstance(saved, dict):
+        raise RobevalError(f"{path} does not hold a run config: restore it, or pass --force "
+                           "to start the run over")
+    return saved
+
+
+def training_state(path: Path) -> dict:
+    """The resumable state in last.pt; anything else is a one-line error."""
+    state = load_checkpoint(path)
+    needed = {"model", "optimizer", "epoch", "best"}
+    if not isinstance(state, dict) or not needed <= set(state) or not isinstance(state["best"], dict):
+        raise RobevalError(f"{path} is not a robeval training state: restore it, or pass --force "
+                           "to start the run over")
+    return state
 
 
 def _normalised(saved) -> dict | None:
@@ -288,7 +318,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     out = Path(out)
     world = world or current()
     log = main_only(log, world)
-    state, history = on_main(lambda: _open_run(out, config, resume, force, world), world)
+    state, history = on_main(lambda: _open_run(out, config, resume, force, world, log), world)
     device = rank_device(resolve_device(config.device), world)
     torch.manual_seed(config.seed)
     data = load_data(config.data, device)
@@ -327,15 +357,17 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
             row["ranks"] = world.size
         row = broadcast(row, world)   # every rank takes rank 0's decisions below
         history.append(row)
-        if best["val_pgd_acc"] is None or row["val_pgd_acc"] > best["val_pgd_acc"]:
+        improved = best["val_pgd_acc"] is None or row["val_pgd_acc"] > best["val_pgd_acc"]
+        if improved:
             best = {"epoch": epoch + 1, "val_pgd_acc": row["val_pgd_acc"]}
-            if world.is_main:
-                save_checkpoint({"format": "robeval-checkpoint/1", "model": network.state_dict(),
-                                 "epoch": epoch + 1, "val_pgd_acc": row["val_pgd_acc"],
-                                 "config": config_to_dict(config)}, out / "best.pt")
         if world.is_main:
-            write_jsonl(out / "history.jsonl", history)
-            save_checkpoint(_state(network, optimizer, config, epoch + 1, best), out / "last.pt")
+            with _disk_errors(out, epoch):
+                if improved:
+                    save_checkpoint({"format": "robeval-checkpoint/1", "model": network.state_dict(),
+                                     "epoch": epoch + 1, "val_pgd_acc": row["val_pgd_acc"],
+                                     "config": config_to_dict(config)}, out / "best.pt")
+                write_jsonl(out / "history.jsonl", history)
+                save_checkpoint(_state(network, optimizer, config, epoch + 1, best), out / "last.pt")
             for callback in callbacks:
                 callback(epoch + 1, row, network)
         log(summary_line(row, config))
@@ -358,13 +390,54 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     return result
 
 
-def _open_run(out: Path, config: TrainConfig, resume: bool, force: bool,
-              world: World) -> tuple[dict | None, list[dict]]:
+@contextmanager
+def _disk_errors(out: Path, epoch: int) -> Iterator[None]:
+    """A failed write of epoch `epoch + 1` (disk full, folder gone) as a one-line error.
+
+    Every file is written atomically, so the previous last.pt is still whole and resumable.
+    """
+    try:
+        yield
+    except OSError as err:
+        raise RobevalError(
+            f"cannot save epoch {epoch + 1} in {out} ({err.strerror or err}): free disk space, then "
+            f"rerun with --resume to continue after epoch {epoch}") from err
+
+
+def _open_run(out: Path, config: TrainConfig, resume: bool, force: bool, world: World,
+              log: Callable[[str], None]) -> tuple[dict | None, list[dict]]:
     """Rank 0's view of the run folder: the state to resume from and the history so far."""
     if config.optim.batch_size % world.size:
         raise RobevalError(f"--batch-size {config.optim.batch_size} does not split evenly over "
                            f"{world.size} ranks: choose a multiple of {world.size}")
     state = prepare_run_dir(out, config, resume, force)
     if state is None:
+        if resume:
+            log(f"no previous run in {out}: starting fresh")
         return None, []
-    return state, read_jsonl(out / "history.jsonl")[:int(state["epoch"])]
+    history, dropped = read_history(out / "history.jsonl")
+    history = history[:int(state["epoch"])]
+    if dropped:
+        write_jsonl(out / "history.jsonl", history)
+        log(f"{out / 'history.jsonl'} ended in a half-written line: dropped it; resuming")
+    return state, history
+
+
+def read_history(path: Path) -> tuple[list[dict], bool]:
+    """The rows of history.jsonl and whether a half-written last line was dropped."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if path.is_file() else []
+    except UnicodeDecodeError as err:
+        raise RobevalError(f"{path} is not UTF-8 text: restore it or pass --force to start over") from err
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            if number == len(lines):
+                return rows, True
+            raise RobevalError(f"{path} line {number} is corrupt: restore it or pass --force to "
+                               "start over") from err
+        rows.append(row)
+    return rows, False
