@@ -27,12 +27,12 @@ from tqdm.auto import tqdm
 
 from robeval.attacks import Attack, ThreatModel, parse_suite
 from robeval.data import dataset_info, load_test_set
+from robeval.device import resolve_device
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
 from robeval.errors import RobevalError
 from robeval.results import OutcomeRow, ResultsStore, RunRecord, SampleRow
 from robeval.sources import ModelSource
 from robeval.spec import parse_eps
-from robeval.train.loop import resolve_device
 
 MODES = ("cascade", "independent")
 CHECK_IMAGES = 200            # images the cheap masking checks look at

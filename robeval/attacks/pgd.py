@@ -6,6 +6,7 @@ accumulate gradients while an example is crafted; inputs stay in [0,1].
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -14,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robeval.activations import smooth_relu_gradients
-from robeval.attacks.base import evaluate_examples, margins
+from robeval.attacks.base import ATTACKS, add_pattern, evaluate_examples, margins
 from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError
 from robeval.spec import format_spec
@@ -200,10 +201,10 @@ def _fgsm(threat, options: dict) -> PGDAttack:
     return PGDAttack(threat, 1, name="fgsm", **options)
 
 
-def _register() -> None:
-    from robeval.attacks.base import ATTACKS
+def _pgd_family(match: re.Match, threat, options: dict) -> PGDAttack:
+    """`pgdK` and `pgdK-smooth` for any K."""
+    return PGDAttack.from_spec(int(match.group(1)), bool(match.group(2)), threat, options)
 
-    ATTACKS.add("fgsm", _fgsm)
 
-
-_register()
+ATTACKS.add("fgsm", _fgsm)
+add_pattern(r"^pgd(\d+)(-smooth)?$", ("pgdK", "pgdK-smooth"), _pgd_family)

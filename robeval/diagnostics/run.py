@@ -10,12 +10,12 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from robeval.data import load_test_set
+from robeval.device import resolve_device
 from robeval.diagnostics.gradients import batch_diagnostics, summarise
 from robeval.diagnostics.masking import CheckResult, run_checks
 from robeval.evaluate import EvalConfig, git_commit, library_versions, prepare_model, resolve
 from robeval.results import ResultsStore, RunRecord
 from robeval.sources import ModelSource
-from robeval.train.loop import resolve_device
 
 
 @dataclass

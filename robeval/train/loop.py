@@ -25,6 +25,7 @@ from robeval.checkpoints import (
 )
 from robeval.data import DatasetInfo, load_data
 from robeval.data.batches import BatchSource
+from robeval.device import resolve_device
 from robeval.distributed import (
     SINGLE,
     World,
@@ -57,15 +58,6 @@ class TrainResult:
     best_epoch: int | None = None
     best_val_pgd_acc: float | None = None
     stopped_early: bool = False
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` → CUDA when present, else CPU; an explicit `cuda` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RobevalError("--device cuda was asked for but no GPU is visible: use --device cpu")
-    return torch.device(name)
 
 
 def model_for(config: TrainConfig, info: DatasetInfo) -> NormalizedModel:
