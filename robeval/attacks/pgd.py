@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from robeval.activations import smooth_relu_gradients
 from robeval.attacks.base import ATTACKS, add_pattern, evaluate_examples, margins
+from robeval.attacks.losses import input_gradient
 from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError
 from robeval.spec import format_spec
@@ -59,7 +60,7 @@ def perturb(model: nn.Module, images: Tensor, labels: Tensor, eps: float, steps:
         if first_logits is None:
             first_logits = logits.detach()
         loss = loss_fn(logits, labels).sum()
-        (grad,) = torch.autograd.grad(loss, delta)
+        grad = input_gradient(loss, delta)
         with torch.no_grad():
             delta = geometry.project(geometry.step(delta, grad, step_size), eps)
             delta = (images + delta).clamp(0, 1) - images
@@ -176,7 +177,7 @@ class PGDAttack:
                 if step == self.steps or not keep.any():
                     break
                 loss = self.loss_fn(logits, y, t).sum()
-                (grad,) = torch.autograd.grad(loss, delta)
+                grad = input_gradient(loss, delta)
                 with torch.no_grad():
                     delta = delta.detach()[keep]
                     x, y, grad, index = x[keep], y[keep], grad[keep], index[keep]
