@@ -33,9 +33,10 @@ from markdown import device_label, write_section  # noqa: E402
 
 from robeval.attacks import ThreatModel, build_attack  # noqa: E402
 from robeval.data import load_test_set  # noqa: E402
+from robeval.device import resolve_device  # noqa: E402
 from robeval.runs import load_model  # noqa: E402
 from robeval.spec import parse_eps  # noqa: E402
-from robeval.train import resolve_config, resolve_device, train  # noqa: E402
+from robeval.train import resolve_config, train  # noqa: E402
 
 REFERENCE_PASSES = 10  # forward-backward passes per timing of the reference
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from markdown import device_label, write_section  # noqa: E402
 
-from robeval.train import resolve_device  # noqa: E402
+from robeval.device import resolve_device  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from markdown import device_label, write_section  # noqa: E402
 
 from robeval.data import load_data  # noqa: E402
-from robeval.train import resolve_config, resolve_device  # noqa: E402
+from robeval.device import resolve_device  # noqa: E402
+from robeval.train import resolve_config  # noqa: E402
 from robeval.train.loop import make_optimizer, model_for, train_one_epoch  # noqa: E402
 
 SMOOTH = ["softplus", "parametric-softplus", "silu", "gelu", "elu", "celu", "smoothrelu"]

@@ -220,8 +220,8 @@ def build_baseline(experiment, measured: dict[int, dict], seeds: Sequence[int]) 
 
 
 def _device(experiment) -> str:
+    from robeval.device import resolve_device
     from robeval.experiments import cells
-    from robeval.train.loop import resolve_device
 
     return str(resolve_device(cells(experiment)[0].config.device))
 

@@ -174,11 +174,11 @@ def train(preset, config_file, out, resume, force, quiet, list_names, nproc, **p
 def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, data_dir, db,
            seed, mode, arch, activation, model_dir, fresh, checks, quiet, nproc) -> None:
     """Evaluate MODEL (run folder, checkpoint, state_dict + --arch, robustbench:NAME)."""
+    from robeval.device import resolve_device
     from robeval.distributed import rank_device, session
     from robeval.evaluate import EvalConfig, check_batch_size, evaluate, format_summary
     from robeval.results import ResultsStore
     from robeval.sources import load_source
-    from robeval.train.loop import resolve_device
 
     check_batch_size(batch_size)
     resolve_device(device)
@@ -231,12 +231,12 @@ def diagnose(model_spec, eps, norm, n_images, check_names, pgd_steps, device, da
     """Gradient-quality diagnostics and all gradient-masking checks for MODEL."""
     import pandas as pd
 
+    from robeval.device import resolve_device
     from robeval.diagnostics.run import checks_table
     from robeval.diagnostics.run import diagnose as run_diagnose
     from robeval.evaluate import EvalConfig
     from robeval.results import ResultsStore
     from robeval.sources import load_source
-    from robeval.train.loop import resolve_device
 
     if pgd_steps < 1:
         raise RobevalError(f"--pgd-steps {pgd_steps} must be at least 1 (e.g. 10)")

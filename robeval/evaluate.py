@@ -28,12 +28,12 @@ from tqdm.auto import tqdm
 from robeval.attacks import NORMS, Attack, ThreatModel, parse_suite
 from robeval.attacks.cost import PassCounter
 from robeval.data import dataset_info, load_test_set
+from robeval.device import resolve_device
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
 from robeval.errors import RobevalError
 from robeval.results import OutcomeRow, Passes, ResultsStore, RunRecord, SampleRow
-from robeval.sources import ModelSource
+from robeval.sources import ModelSource, source_identity
 from robeval.spec import parse_eps
-from robeval.train.loop import resolve_device
 
 MODES = ("cascade", "independent")
 CHECK_IMAGES = 200            # images the cheap masking checks look at
@@ -141,7 +141,7 @@ def git_commit() -> str | None:
 
 def run_key(source: ModelSource, plan: ResolvedEval, specs: list[str], batch_size: str) -> str:
     """Identity of an evaluation: the same command on the same model gives the same key."""
-    identity = {"model": source.checkpoint_hash or source.name, "attacks": specs,
+    identity = {"model": source_identity(source), "attacks": specs,
                 "eps": round(plan.eps, 10), "norm": plan.norm, "n": plan.n, "seed": plan.seed,
                 "mode": plan.mode, "dataset": plan.dataset, "batch_size": batch_size}
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]

@@ -413,8 +413,8 @@ def _headline(store: ResultsStore, run_id: int) -> tuple[float, float]:
 def run_cell(experiment: Experiment, cell: Cell, root: Path, store: ResultsStore, position: str,
              progress: bool, log) -> CellResult:
     """Train a cell unless its training finished, then evaluate it unless that finished."""
+    from robeval.device import resolve_device
     from robeval.sources import load_source
-    from robeval.train.loop import resolve_device
 
     folder = run_dir(experiment, cell, root)
     trained = training_finished(folder, cell.config)

@@ -49,6 +49,7 @@ ROBUSTBENCH_PREFIX = "robustbench:"
 ROBUSTBENCH_DATASETS = ("cifar10", "cifar100", "imagenet")
 THREAT_MODELS = {"linf": "Linf", "l2": "L2"}
 NORMALIZATION_BUFFERS = ("mu", "sigma", "mean", "std")  # set by zoo architectures, absent in files
+WRAPPER_PREFIXES = ("module.", "model.", "module.model.")  # DataParallel/DDP, wrapper attributes
 
 
 @dataclass
@@ -101,6 +102,28 @@ def file_sha256(path: str | Path, chunk_size: int = 1 << 20) -> str:
         for chunk in iter(lambda: file.read(chunk_size), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def module_fingerprint(model: nn.Module) -> str:
+    """sha256 of a module's class (qualified name) and every parameter and buffer it holds.
+
+    Names, dtypes, shapes and values all count, so two modules share a fingerprint only when
+    they compute the same function with the same weights (hooks and code aside).
+    """
+    kind = type(model)
+    digest = hashlib.sha256(f"{kind.__module__}.{kind.__qualname__}".encode())
+    tensors = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    for name, tensor in tensors:
+        value = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"|{name}|{value.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def source_identity(source: ModelSource) -> str:
+    """What a stored run of `source` is keyed by: its checkpoint's sha256, else its module's
+    fingerprint (never its display name, which two different models may share)."""
+    return source.checkpoint_hash or f"module:{module_fingerprint(source.model)}"
 
 
 def check_dataset(source: ModelSource, dataset: str | None) -> None:
@@ -158,16 +181,60 @@ def _state_dict_source(file: Path, checkpoint: Any, arch: str | None, activation
     if outputs is not None and outputs != info.num_classes:
         raise RobevalError(f"{file.name}: model has {outputs} classes but {info.name} has "
                            f"{info.num_classes}: pass the --dataset it was trained on")
-    if any(key.startswith("net.") for key in state_dict):
-        load_state_dict_checked(model, {"mean": model.mean, "std": model.std, **state_dict}, str(file))
-    else:
-        load_state_dict_checked(model.net, state_dict, str(file))
+    load_into_arch(model, state_dict, str(file), arch)
     return ModelSource(
         model=model.to(device).eval(), name=file.name, kind="state_dict",
         checkpoint_hash=file_sha256(file), num_classes=info.num_classes,
         dataset=None if dataset is None else info.name,
         config={"arch": arch, "activation": activation},
     )
+
+
+def load_into_arch(model: nn.Module, state_dict: dict, source: str, arch: str) -> None:
+    """Load a plain state_dict into a built robeval model, dropping nothing.
+
+    The keys must be those of the network (`model.net`) or of the whole model (`net.` keys, its
+    `mean`/`std` optional), as saved or after stripping one of `WRAPPER_PREFIXES` from every
+    key. A prefix is stripped only when every key then matches: the state_dict of a wrapper
+    around the network (preprocessing, normalisation, quantisation) has keys of its own, and
+    loading its inner network alone would evaluate another model.
+    """
+    whole = dict(model.state_dict())
+    targets = ((model.net, set(model.net.state_dict()), set()),
+               (model, set(whole), {"mean", "std"}))
+    candidates = prefix_candidates(state_dict)
+    for stripped in candidates:
+        for target, expected, optional in targets:
+            if expected - optional <= stripped.keys() <= expected:
+                defaults = {key: whole[key] for key in optional - stripped.keys()}
+                load_state_dict_checked(target, {**defaults, **stripped}, source)
+                return
+    net_keys = set(model.net.state_dict())
+    loose = {strip_any_prefix(key): value for key, value in state_dict.items()}
+    closest = max([*candidates, loose], key=lambda keys: len(net_keys & keys.keys()))
+    leftover = sorted(closest.keys() - net_keys)
+    missing = sorted(net_keys - closest.keys())
+    details = "; ".join(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
+                        for keys, what in ((leftover, "left over"), (missing, "missing")) if keys)
+    raise RobevalError(f"{source} does not fit --arch {arch} ({details}, even with a "
+                       f"{' or '.join(WRAPPER_PREFIXES)} prefix stripped): a wrapper's state_dict "
+                       "cannot be loaded into the bare network; build the wrapper in Python and "
+                       "evaluate it with robeval.evaluate_model, or pass the --arch it was saved from")
+
+
+def prefix_candidates(state_dict: dict) -> list[dict]:
+    """`state_dict` as saved, then without each of `WRAPPER_PREFIXES` that every key carries."""
+    candidates = [state_dict]
+    for prefix in WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in state_dict):
+            candidates.append({key[len(prefix):]: value for key, value in state_dict.items()})
+    return candidates
+
+
+def strip_any_prefix(key: str) -> str:
+    """`key` without the longest of `WRAPPER_PREFIXES` it starts with (for error messages)."""
+    prefix = max((p for p in WRAPPER_PREFIXES if key.startswith(p)), key=len, default="")
+    return key[len(prefix):]
 
 
 def classifier_outputs(state_dict: dict) -> int | None:
@@ -177,8 +244,8 @@ def classifier_outputs(state_dict: dict) -> int | None:
     return int(matrices[-1].shape[0]) if matrices else None
 
 
-def unwrap_state_dict(checkpoint: Any, source: str, prefixes: tuple[str, ...] = ("module.",)) -> dict:
-    """The tensors of a checkpoint: unwrap `state_dict`/`model` keys, strip `prefixes` from keys."""
+def unwrap_state_dict(checkpoint: Any, source: str) -> dict:
+    """The tensors of a checkpoint, unwrapped from `state_dict`/`model` entries, keys as saved."""
     for _ in range(3):
         inner = next((checkpoint[key] for key in ("state_dict", "model")
                       if isinstance(checkpoint, dict) and isinstance(checkpoint.get(key), dict)), None)
@@ -189,7 +256,7 @@ def unwrap_state_dict(checkpoint: Any, source: str, prefixes: tuple[str, ...] = 
             isinstance(value, torch.Tensor) for value in checkpoint.values()):
         raise RobevalError(f"{source} holds no state_dict (a mapping of names to tensors): "
                            "save model.state_dict() or point to another file")
-    return {_strip(str(key), prefixes): value for key, value in checkpoint.items()}
+    return {str(key): value for key, value in checkpoint.items()}
 
 
 def _strip(key: str, prefixes: tuple[str, ...]) -> str:
@@ -305,7 +372,7 @@ def _load_zoo_file(name: str, entry: dict, path: Path) -> nn.Module:
         checkpoint = checkpoint.get("last", checkpoint)
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
-    state_dict = unwrap_state_dict(checkpoint, str(path), prefixes=())
+    state_dict = unwrap_state_dict(checkpoint, str(path))
     model = _build_zoo_model(name, entry)
     fitted = fit_zoo_state_dict(model, state_dict)
     problem = mismatch(model.state_dict(), fitted)

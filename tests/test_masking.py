@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import sys
 from dataclasses import asdict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from pyautoattack import checks as aa_checks
 from torch import Tensor, nn
 
+import robeval
 from robeval.data import load_test_set
 from robeval.diagnostics.masking import CHEAP_CHECKS, CHECKS, run_checks
 from robeval.errors import RobevalError
@@ -121,6 +124,97 @@ class Dynamic(nn.Module):
             probe = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(self.net(probe).sum(), probe)
         return self.net(x + 0.0 * grad)
+
+
+class Shatter(nn.Module):
+    """h + 0.05·sin(500h): the same function to within 5% of a unit, a gradient of pure noise."""
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + 0.05 * torch.sin(500 * h)
+
+
+def shattered(model: nn.Module) -> nn.Module:
+    """A copy of a cnn-small whose first layer is followed by `Shatter`."""
+    model = copy.deepcopy(model)
+    model.net[0] = nn.Sequential(model.net[0], Shatter())
+    return model
+
+
+class ResizePad(nn.Module):
+    """Resizes the input to a random smaller size and pads it back at a random place (Xie et al.)."""
+
+    def __init__(self, net: nn.Module, smallest: int = 26):
+        super().__init__()
+        self.net, self.smallest = net, smallest
+
+    def forward(self, x: Tensor) -> Tensor:
+        size = x.shape[-1]
+        new = int(torch.randint(self.smallest, size + 1, ()))
+        top, left = (int(v) for v in torch.randint(0, size - new + 1, (2,)))
+        padded = x.new_zeros(x.shape)
+        padded[..., top:top + new, left:left + new] = F.interpolate(x, size=(new, new), mode="nearest")
+        return self.net(padded)
+
+
+class Detached(nn.Module):
+    """Cuts its input out of the graph: the output does not depend on it for autograd."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x.detach())
+
+
+# Each planted kind of masking and the cheap check that `robeval attack` flags it with.
+ZOO = {
+    "quantised input": (lambda model: Quantised(model), "gradients"),
+    "logits x1000": (lambda model: Scaled(model, 1000.0), "gradients"),
+    "shattered first layer": (shattered, "gradient_quality"),
+    "random resize and pad": (ResizePad, "determinism"),
+    "detached forward": (Detached, "gradients"),
+}
+
+
+def attack_flags(model: nn.Module, data_dir) -> dict[str, str]:
+    """The flags `robeval attack` (FGSM on 100 images, then its cheap checks) raises for `model`."""
+    result = robeval.evaluate_model(model, dataset="cifar10", data_dir=data_dir, eps=EPS, suite="fgsm",
+                                    n=100, batch_size=100, log=lambda _: None)
+    assert [check.name for check in result.checks] == list(CHEAP_CHECKS)
+    return flagged(result.checks)
+
+
+@pytest.mark.parametrize("kind", ZOO)
+def test_planted_masking_is_flagged_by_robeval_attack(kind, standard_model, cifar10_mini_dir):
+    wrap, expected = ZOO[kind]
+    assert expected in attack_flags(wrap(standard_model), cifar10_mini_dir)
+
+
+@pytest.mark.parametrize("which", ["standard_model", "robust_model"])
+def test_honest_models_raise_no_flag_under_robeval_attack(which, cifar10_mini_dir, request):
+    assert attack_flags(request.getfixturevalue(which), cifar10_mini_dir) == {}
+
+
+def test_unbounded_flags_zero_gradients_from_the_clean_image(standard_model, batch):
+    result = check("unbounded", Quantised(standard_model), batch)
+    accuracy, chance = result.evidence["accuracy"], result.evidence["chance"]
+    assert not result.passed and "clean start" in result.flag
+    assert accuracy["random_start"] < accuracy["clean_start"] and accuracy["clean_start"] > 3 * chance
+    assert not check("unbounded", Scaled(standard_model, 1000.0), batch).passed
+
+
+def test_larger_eps_flags_a_flat_curve(standard_model, batch):
+    result = check("larger_eps", Quantised(standard_model, levels=8), batch)
+    assert not result.passed and "flat" in result.flag, result.evidence
+    assert result.evidence["retained_at_4eps"] > 0.5
+
+
+def test_gradient_quality_flags_shattered_gradients_and_measures_honest_ones(standard_model, batch):
+    shattered_result = check("gradient_quality", shattered(standard_model), batch)
+    honest = check("gradient_quality", standard_model, batch)
+    assert not shattered_result.passed and honest.passed
+    assert shattered_result.evidence["median_alignment"] < 0.1 < honest.evidence["median_alignment"]
 
 
 @pytest.fixture(scope="module")

@@ -139,6 +139,41 @@ def test_plain_state_dict_loads_with_identity_normalisation(tmp_path, resnet18, 
         assert torch.equal(source.model(x), resnet18.net(x))
 
 
+class QuantisingWrapper(torch.nn.Module):
+    """A defence around a network: quantises its input; its own buffer sits beside the network's."""
+
+    def __init__(self, net: torch.nn.Module, attribute: str):
+        super().__init__()
+        setattr(self, attribute, net)
+        self.attribute = attribute
+        self.register_buffer("levels", torch.tensor(8.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return getattr(self, self.attribute)(torch.round(x * self.levels) / self.levels)
+
+
+@pytest.mark.parametrize("attribute", ["module", "model"])
+@pytest.mark.parametrize("data_parallel", [False, True])
+def test_a_wrapper_state_dict_is_refused_not_loaded_without_its_wrapper(tmp_path, resnet18, attribute,
+                                                                        data_parallel):
+    state = QuantisingWrapper(resnet18.net, attribute).state_dict()
+    if data_parallel:
+        state = {f"module.{key}": value for key, value in state.items()}
+    file = tmp_path / "wrapper.pt"
+    torch.save(state, file)
+    message = error_of(load_source, str(file), arch="resnet18")
+    assert "does not fit --arch resnet18" in message and "1 left over" in message
+    assert "levels" in message and "evaluate_model" in message
+
+
+def test_a_state_dict_missing_a_key_names_it(tmp_path, resnet18):
+    state = {f"module.{k}": v for k, v in resnet18.net.state_dict().items() if k != "linear.bias"}
+    file = tmp_path / "partial.pt"
+    torch.save(state, file)
+    message = error_of(load_source, str(file), arch="resnet18")
+    assert "1 missing (e.g. linear.bias)" in message
+
+
 def test_plain_state_dict_of_a_whole_model_keeps_its_normalisation(tmp_path):
     model = randomised(build_model("cnn-small", num_classes=10, in_channels=3,
                                    mean=(0.4, 0.5, 0.6), std=(0.2, 0.3, 0.25)))

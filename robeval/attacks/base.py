@@ -49,8 +49,15 @@ class ThreatModel:
 
 AttackFactory = Callable[[ThreatModel, dict], Attack]  # factory(threat, options) -> Attack
 
+PatternFactory = Callable[[re.Match, ThreatModel, dict], Attack]  # factory(match, threat, options)
+
 ATTACKS: Registry[AttackFactory] = Registry("attack")
-_PGD_NAME = re.compile(r"^pgd(\d+)(-smooth)?$")
+PATTERNS: list[tuple[re.Pattern, tuple[str, ...], PatternFactory]] = []  # families like pgdK
+
+
+def add_pattern(pattern: str, shown_as: tuple[str, ...], factory: PatternFactory) -> None:
+    """Register a family of attack names matching `pattern`, listed as `shown_as` (e.g. `pgdK`)."""
+    PATTERNS.append((re.compile(pattern), shown_as, factory))
 
 
 def margins(logits: Tensor, labels: Tensor) -> Tensor:
@@ -82,19 +89,18 @@ def split_suite(text: str) -> list[str]:
 
 
 def attack_names() -> list[str]:
-    """Known attack names, with the `pgdK` and `pgdK-smooth` patterns."""
-    return ATTACKS.names() + ["pgdK", "pgdK-smooth"]
+    """Known attack names, with the registered patterns such as `pgdK` and `pgdK-smooth`."""
+    return ATTACKS.names() + [name for _, shown_as, _ in PATTERNS for name in shown_as]
 
 
 def build_attack(text: str, threat: ThreatModel) -> Attack:
     """One attack from its spec, e.g. `pgd200(step=1/255,restarts=2)` or `apgd-t`."""
     name, options = parse_spec(text)
     key = canonical(name)
-    match = _PGD_NAME.match(key)
-    if match:
-        from robeval.attacks.pgd import PGDAttack
-
-        return PGDAttack.from_spec(int(match.group(1)), bool(match.group(2)), threat, options)
+    for pattern, _, factory in PATTERNS:
+        match = pattern.match(key)
+        if match:
+            return factory(match, threat, options)
     if key not in ATTACKS:
         raise UnknownNameError(f"unknown attack {name!r}; known: {', '.join(attack_names())}")
     return ATTACKS.get(key)(threat, options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -13,6 +14,19 @@ def cross_entropy(logits: Tensor, labels: Tensor, targets: Tensor | None = None)
     if targets is None:
         return F.cross_entropy(logits, labels, reduction="none")
     return -F.cross_entropy(logits, targets, reduction="none")
+
+
+def input_gradient(loss: Tensor, inputs: Tensor) -> Tensor:
+    """∇ of the scalar `loss` with respect to `inputs`; zero where the model cut the inputs out.
+
+    A model that detaches its input (or computes its output without autograd) has no gradient
+    to follow; attacks and checks then see a zero gradient instead of an autograd error, which
+    the masking checks flag.
+    """
+    if not loss.requires_grad:
+        return torch.zeros_like(inputs)
+    (grad,) = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return torch.zeros_like(inputs) if grad is None else grad
 
 
 def _other_max(logits: Tensor, exclude: Tensor) -> Tensor:

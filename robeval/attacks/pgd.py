@@ -7,6 +7,7 @@ accumulate gradients while an example is crafted; inputs stay in [0,1].
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from contextlib import nullcontext
 
@@ -15,7 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robeval.activations import smooth_relu_gradients
-from robeval.attacks.base import evaluate_examples, margins
+from robeval.attacks.base import ATTACKS, add_pattern, evaluate_examples, margins
+from robeval.attacks.losses import input_gradient
 from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError
 from robeval.spec import format_spec
@@ -59,7 +61,7 @@ def perturb(model: nn.Module, images: Tensor, labels: Tensor, eps: float, steps:
         if first_logits is None:
             first_logits = logits.detach()
         loss = loss_fn(logits, labels).sum()
-        (grad,) = torch.autograd.grad(loss, delta)
+        grad = input_gradient(loss, delta)
         with torch.no_grad():
             delta = geometry.project(geometry.step(delta, grad, step_size), eps)
             delta = (images + delta).clamp(0, 1) - images
@@ -179,7 +181,7 @@ class PGDAttack:
                 if step == self.steps or not keep.any():
                     break
                 loss = self.loss_fn(logits, y, t).sum()
-                (grad,) = torch.autograd.grad(loss, delta)
+                grad = input_gradient(loss, delta)
                 with torch.no_grad():
                     delta = delta.detach()[keep]
                     x, y, grad, index = x[keep], y[keep], grad[keep], index[keep]
@@ -227,10 +229,10 @@ def _fgsm(threat, options: dict) -> PGDAttack:
     return PGDAttack(threat, 1, name="fgsm", **options)
 
 
-def _register() -> None:
-    from robeval.attacks.base import ATTACKS
+def _pgd_family(match: re.Match, threat, options: dict) -> PGDAttack:
+    """`pgdK` and `pgdK-smooth` for any K."""
+    return PGDAttack.from_spec(int(match.group(1)), bool(match.group(2)), threat, options)
 
-    ATTACKS.add("fgsm", _fgsm)
 
-
-_register()
+ATTACKS.add("fgsm", _fgsm)
+add_pattern(r"^pgd(\d+)(-smooth)?$", ("pgdK", "pgdK-smooth"), _pgd_family)

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robeval.attacks.losses import input_gradient
 from robeval.attacks.pgd import LossFn, cross_entropy, eval_step_size, perturb
 from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError
@@ -107,7 +108,7 @@ def loss_and_grad(model: nn.Module, x: Tensor, y: Tensor,
         point = x.detach().clone().requires_grad_(True)
         loss = loss_fn(model(point), y)
         _check_loss_shape(loss, len(x))
-        (grad,) = torch.autograd.grad(loss.sum(), point)
+        grad = input_gradient(loss.sum(), point)
     return LossAndGrad(loss.detach(), grad.detach())
 
 

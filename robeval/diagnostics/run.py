@@ -10,13 +10,13 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from robeval.data import load_test_set
+from robeval.device import resolve_device
 from robeval.diagnostics.gradients import batch_diagnostics, summarise
 from robeval.diagnostics.masking import CheckResult, run_checks
 from robeval.errors import RobevalError
 from robeval.evaluate import EvalConfig, git_commit, library_versions, prepare_model, resolve
 from robeval.results import ResultsStore, RunRecord
-from robeval.sources import ModelSource
-from robeval.train.loop import resolve_device
+from robeval.sources import ModelSource, source_identity
 
 
 @dataclass
@@ -76,7 +76,7 @@ def diagnose(source: ModelSource, config: EvalConfig, store: ResultsStore | None
 def record_diagnosis(store: ResultsStore, source: ModelSource, plan, n: int, device: str,
                      gradients: pd.DataFrame, checks: list[CheckResult]) -> int:
     """A run without attacks whose notes hold the diagnostics and the checks."""
-    identity = {"diagnose": source.checkpoint_hash or source.name, "eps": plan.eps,
+    identity = {"diagnose": source_identity(source), "eps": plan.eps,
                 "norm": plan.norm, "n": n, "seed": plan.seed, "dataset": plan.dataset}
     key = "diagnose-" + hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:24]
     record = RunRecord(model=source.name, checkpoint_hash=source.checkpoint_hash,

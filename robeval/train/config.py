@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from robeval.activations import SMOOTH_GRAD_MODES, activation_factory
 from robeval.attacks.steps import NORMS
 from robeval.data import DATASETS, DataConfig
+from robeval.device import check_device
 from robeval.errors import RobevalError
 from robeval.models import ModelConfig, resolve_arch
 from robeval.spec import parse_eps, parse_number
@@ -160,17 +160,6 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
 def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
     if value not in choices:
         raise RobevalError(f"unknown {what} {value!r}; known: {', '.join(choices)}")
-
-
-def check_device(name: str) -> torch.device:
-    """A device name this suite runs on (cpu, cuda, cuda:N), else a one-line error."""
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise RobevalError(f"unknown device {name!r}: use --device auto, cpu, cuda or cuda:N") from err
-    if device.type not in ("cpu", "cuda"):
-        raise RobevalError(f"device {name!r} is not supported: use --device auto, cpu, cuda or cuda:N")
-    return device
 
 
 def validate(config: TrainConfig) -> None:

@@ -26,6 +26,7 @@ from robeval.checkpoints import (
 )
 from robeval.data import DatasetInfo, load_data
 from robeval.data.batches import BatchSource
+from robeval.device import resolve_device
 from robeval.distributed import (
     SINGLE,
     World,
@@ -41,7 +42,7 @@ from robeval.distributed import (
 )
 from robeval.errors import RobevalError
 from robeval.models import NormalizedModel, build_model
-from robeval.train.config import TrainConfig, check_device, config_from_dict, config_to_dict
+from robeval.train.config import TrainConfig, config_from_dict, config_to_dict
 from robeval.train.methods import METHODS
 from robeval.train.schedule import eps_at, lr_at
 
@@ -58,16 +59,6 @@ class TrainResult:
     best_epoch: int | None = None
     best_val_pgd_acc: float | None = None
     stopped_early: bool = False
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto` → CUDA when present, else CPU; an explicit `cuda` without a GPU is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = check_device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RobevalError("--device cuda was asked for but no GPU is visible: use --device cpu")
-    return device
 
 
 def model_for(config: TrainConfig, info: DatasetInfo) -> NormalizedModel:

@@ -1,0 +1,235 @@
+"""Evaluate any `nn.Module` from Python: the `robeval attack` and `robeval diagnose` paths.
+
+The model takes images in [0,1] of shape (N, C, H, W) and returns logits; whatever it does
+inside (normalisation, preprocessing, a defence) is part of what is evaluated. It is keyed in
+the results store by its class and a hash of its parameters and buffers, so a different model
+under the same name starts a new run and the same model resumes its own. Without a `store` the
+results go to a temporary database that disappears with the returned result. The model is
+borrowed: its device, training flags and `requires_grad` flags are put back afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import shutil
+import tempfile
+import weakref
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from robeval.attacks import ThreatModel, parse_suite
+from robeval.data import dataset_info
+from robeval.device import resolve_device
+from robeval.diagnostics.run import Diagnosis, diagnose
+from robeval.errors import RobevalError
+from robeval.evaluate import (
+    CHECK_IMAGES,
+    MODES,
+    EvalConfig,
+    EvalResult,
+    ResolvedEval,
+    evaluate,
+    evaluate_batch,
+    open_evaluation,
+    prepare_model,
+    run_cheap_checks,
+)
+from robeval.results import ResultsStore
+from robeval.sources import ModelSource, module_fingerprint
+from robeval.spec import parse_eps
+
+DEFAULT_SUITE = EvalConfig.suite
+
+
+def evaluate_model(model: nn.Module, *, eps: float | str, suite: str = DEFAULT_SUITE,
+                   dataset: str = "cifar10", data_dir: str | Path | None = None, n: int | None = 1000,
+                   norm: str = "linf", batch_size: int | str = "auto", seed: int = 0,
+                   mode: str = "cascade", device: str = "auto", checks: bool = True,
+                   store: ResultsStore | str | Path | None = None, name: str | None = None,
+                   fresh: bool = False, progress: bool = False,
+                   log: Callable[[str], None] = print) -> EvalResult:
+    """Attack `model` with `suite` on the first `n` test images of `dataset`, as `robeval attack`.
+
+    Returns the `EvalResult` of the command line: `summary` (accuracy per attack, clean and worst
+    case, with 95% intervals), `checks` (the cheap gradient-masking checks) and the run in
+    `store` (`result.store.per_sample(result.run_id)` gives per-sample outcomes). `store` is a
+    `ResultsStore` or a database path; None keeps the results in a temporary database.
+    """
+    eps = parse_eps(eps)
+    source = python_source(model, name, dataset, eps, norm)
+    config = EvalConfig(suite=suite, eps=eps, norm=norm, n=n, batch_size=batch_size, seed=seed,
+                        mode=mode, dataset=dataset, data_dir=None if data_dir is None else str(data_dir),
+                        device=device, checks=checks)
+    with borrowed(model):
+        return evaluate(source, config, open_store(store), fresh=fresh, progress=progress, log=log)
+
+
+def diagnose_model(model: nn.Module, *, eps: float | str, dataset: str = "cifar10",
+                   data_dir: str | Path | None = None, n: int = 200, norm: str = "linf",
+                   checks: str = "all", seed: int = 0, device: str = "auto",
+                   store: ResultsStore | str | Path | None = None, name: str | None = None,
+                   pgd_steps: int = 10, log: Callable[[str], None] = print) -> Diagnosis:
+    """Gradient diagnostics and gradient-masking checks on `model`, as `robeval diagnose`.
+
+    Returns the `Diagnosis`: `gradients` (one row per quantity), `checks` and `flags`. `checks`
+    is "all", "cheap" or a comma-separated list of names; with a `store` the diagnosis is also
+    recorded there as a run.
+    """
+    eps = parse_eps(eps)
+    source = python_source(model, name, dataset, eps, norm)
+    config = EvalConfig(eps=eps, norm=norm, n=n, seed=seed, dataset=dataset,
+                        data_dir=None if data_dir is None else str(data_dir), device=device)
+    with borrowed(model):
+        return diagnose(source, config, None if store is None else open_store(store), checks=checks,
+                        pgd_steps=pgd_steps, log=log)
+
+
+def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | str,
+                   suite: str = DEFAULT_SUITE, norm: str = "linf", seed: int = 0,
+                   mode: str = "cascade", batch_size: int = 256, device: str = "auto",
+                   checks: bool = False, store: ResultsStore | str | Path | None = None,
+                   name: str | None = None, fresh: bool = False) -> EvalResult:
+    """Attack `model` on your own `images` (float, in [0,1], N×C×H×W) and integer `labels`.
+
+    The same engine and result as `evaluate_model`, batch by batch; the run is keyed by the
+    model and a hash of the tensors, so it resumes when called again with the same arguments.
+    `checks` also runs the cheap gradient-masking checks on the first 200 images.
+    """
+    eps = parse_eps(eps)
+    images, labels = checked_tensors(images, labels)
+    if int(batch_size) < 1:
+        raise RobevalError("batch_size must be at least 1")
+    if mode not in MODES:
+        raise RobevalError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    data = f"tensors:{tensor_hash(images, labels)}"
+    plan = ResolvedEval(suite, eps, norm.lower(), len(labels), seed, mode, data, None)
+    config = EvalConfig(suite=suite, eps=eps, norm=plan.norm, n=len(labels), batch_size=int(batch_size),
+                        seed=seed, mode=mode, dataset=plan.dataset, device=device, checks=checks)
+    classes = output_classes(model, images[:1])
+    source = ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
+                         num_classes=classes, eps=eps, norm=plan.norm, config=module_config(model))
+    attacks = parse_suite(suite, ThreatModel(eps, plan.norm))
+    store = open_store(store)
+    with borrowed(model):
+        device_ = resolve_device(device)
+        prepared = prepare_model(model, device_)
+        x, y = images.to(device_), labels.to(device_)
+        run_id, size, todo, n_done = open_evaluation(
+            source, config, plan, [attack.spec for attack in attacks], store, prepared, x, y, device_,
+            fresh, lambda _: None)
+        chunk = size
+        for batch in todo:
+            start = batch * size
+            *outcomes, chunk = evaluate_batch(prepared, attacks, x[start:start + size],
+                                              y[start:start + size], start, batch, plan, chunk)
+            store.write_batch(run_id, batch, *outcomes)
+        found = []
+        if checks:
+            found = run_cheap_checks(prepared, x[:CHECK_IMAGES], y[:CHECK_IMAGES], plan)
+            store.set_notes(run_id, {"checks": {check.name: vars(check) for check in found}})
+    store.finish_run(run_id)
+    return EvalResult(run_id, store, store.summary(run_id), n_done, found)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def python_source(model: nn.Module, name: str | None, dataset: str, eps: float, norm: str) -> ModelSource:
+    """A `ModelSource` for an in-memory module, its class count checked against `dataset`."""
+    if not isinstance(model, nn.Module):
+        raise RobevalError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    info = dataset_info(dataset)
+    probe = torch.zeros(1, info.channels, info.image_size, info.image_size)
+    classes = output_classes(model, probe)
+    if classes != info.num_classes:
+        raise RobevalError(f"{name or class_name(model)} outputs {classes} classes but {info.name} has "
+                           f"{info.num_classes}: pass the dataset it was trained on")
+    return ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
+                       num_classes=classes, dataset=info.name, eps=eps, norm=norm.lower(),
+                       config=module_config(model))
+
+
+def output_classes(model: nn.Module, probe: Tensor) -> int:
+    """The width of the model's output on `probe` (eval mode, on the model's device)."""
+    with borrowed(model), torch.no_grad():
+        model.eval()
+        try:
+            outputs = model(probe.to(module_device(model)))
+        except Exception as err:
+            raise RobevalError(f"{class_name(model)} failed on a {tuple(probe.shape)} batch of images "
+                               f"({type(err).__name__}: {err}): it must take N×C×H×W images in "
+                               "[0,1]") from err
+    if outputs.ndim != 2:
+        raise RobevalError(f"{class_name(model)} returned shape {tuple(outputs.shape)}: it must return "
+                           "logits of shape (N, classes)")
+    return int(outputs.shape[1])
+
+
+def class_name(model: nn.Module) -> str:
+    """The qualified name of the model's class."""
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def module_config(model: nn.Module) -> dict:
+    """Provenance of an in-memory module: its class and fingerprint."""
+    return {"class": class_name(model), "fingerprint": module_fingerprint(model)}
+
+
+def module_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (the CPU for a stateless module)."""
+    tensor = next(iter([*model.parameters(), *model.buffers()]), None)
+    return torch.device("cpu") if tensor is None else tensor.device
+
+
+@contextlib.contextmanager
+def borrowed(model: nn.Module) -> Iterator[None]:
+    """Put back the model's device, training flags and parameters' `requires_grad` afterwards."""
+    device = module_device(model)
+    training = [(module, module.training) for module in model.modules()]
+    grads = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    try:
+        yield
+    finally:
+        model.to(device)
+        for module, flag in training:
+            module.training = flag
+        for parameter, flag in grads:
+            parameter.requires_grad_(flag)
+
+
+def checked_tensors(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Images as float N×C×H×W in [0,1] and labels as int64 (N,), or a one-line error."""
+    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        raise RobevalError("images must be a float tensor of shape (N, C, H, W) with values in [0,1]")
+    if not isinstance(labels, Tensor) or labels.shape != (len(images),) or labels.is_floating_point():
+        raise RobevalError(f"labels must be an integer tensor of shape ({len(images)},), one per image")
+    if len(images) == 0:
+        raise RobevalError("images is empty: pass at least one image")
+    if float(images.min()) < 0 or float(images.max()) > 1:
+        raise RobevalError("images must lie in [0,1]: undo any normalisation (put it inside the model)")
+    return images.detach(), labels.detach().long()
+
+
+def tensor_hash(images: Tensor, labels: Tensor) -> str:
+    """A short sha256 of the images and labels (values, dtype and shape)."""
+    digest = hashlib.sha256()
+    for tensor in (images, labels):
+        value = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{value.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(value.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def open_store(store: ResultsStore | str | Path | None) -> ResultsStore:
+    """The store given, a store at the path given, or a temporary one removed with its object."""
+    if isinstance(store, ResultsStore):
+        return store
+    if store is not None:
+        return ResultsStore(store)
+    folder = tempfile.mkdtemp(prefix="robeval-")
+    temporary = ResultsStore(Path(folder) / "robeval.sqlite")
+    weakref.finalize(temporary, shutil.rmtree, folder, True)
+    return temporary
