@@ -347,10 +347,11 @@ def history_table(history: list[dict]) -> str:
 
     if not history:
         return "(no epochs)"
-    columns = ["epoch", "loss", "train_clean_acc", "train_adv_acc", "val_clean_acc",
-               "val_pgd_acc", "lr", "time"]
-    frame = pd.DataFrame(history)[columns]
-    for column in ("train_clean_acc", "train_adv_acc", "val_clean_acc", "val_pgd_acc"):
+    frame = pd.DataFrame(history)
+    rates = [c for c in ("train_clean_acc", "train_adv_acc", "craft_clean_acc", "val_clean_acc",
+                         "val_pgd_acc") if c in frame]   # histories written earlier lack craft_clean_acc
+    frame = frame[["epoch", "loss", *rates, "lr", "time"]]
+    for column in rates:
         frame[column] = frame[column].map(lambda v: "-" if v is None or v != v else f"{100 * v:.1f}")
     return frame.to_string(index=False, float_format=lambda v: f"{v:.4g}")
 

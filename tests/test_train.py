@@ -16,7 +16,7 @@ from robeval.models import build_model
 from robeval.runs import load_model
 from robeval.train import loop, resolve_config, train
 from robeval.train.config import PRESETS, config_to_dict
-from robeval.train.methods import crafting
+from robeval.train.methods import crafting, train_mode_logits
 from robeval.train.schedule import eps_at, lr_at
 
 TINY = {"data": {"train_subset": 256, "val_size": 128}, "val_pgd_steps": 2,
@@ -250,6 +250,36 @@ def test_bn_statistics_do_not_move_while_crafting_in_eval_mode():
     with crafting(model, "train"):
         perturb(model, images, labels, 8 / 255, 2)
     assert not all(torch.equal(value, model.state_dict()[key]) for key, value in before.items())
+
+
+def test_train_mode_logits_use_batch_statistics_and_leave_running_ones_alone():
+    torch.manual_seed(0)
+    model = build_model("cnn-small", "relu", in_channels=1, mean=(0.5,), std=(0.5,)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "tracked" in k}
+    images = torch.rand(16, 1, 32, 32)
+    logits = train_mode_logits(model, images)
+    after = model.state_dict()
+    assert all(torch.equal(value, after[key]) for key, value in before.items())
+    with torch.no_grad():
+        assert torch.allclose(logits, model(images))          # the training-mode forward
+        assert not torch.allclose(logits, model.eval()(images))   # not the running statistics
+
+
+def test_train_accuracies_are_measured_in_one_bn_mode_and_labelled(tmp_path):
+    """On a real run, clean ≥ adversarial in training mode; the crafting pass is reported apart."""
+    config = tiny_config(epochs=2, adversary={"method": "fgsm"}, diagnostics_batch=0)
+    history = quiet_train(config, tmp_path / "run").history
+    for row in history:
+        assert row["train_clean_acc"] >= row["train_adv_acc"]
+        assert 0 <= row["craft_clean_acc"] <= 1
+    # crafting with BatchNorm on running statistics is a different figure (low while they settle)
+    assert any(abs(row["craft_clean_acc"] - row["train_clean_acc"]) > 0.02 for row in history)
+    assert read_jsonl(tmp_path / "run" / "history.jsonl")[-1]["craft_clean_acc"] == history[-1][
+        "craft_clean_acc"]
+    random_start = tiny_config(epochs=1, adversary={"method": "fgsm", "random_start": True},
+                               diagnostics_batch=0)
+    row = quiet_train(random_start, tmp_path / "rs").history[0]
+    assert row["craft_clean_acc"] is None and row["train_clean_acc"] >= row["train_adv_acc"]
 
 
 def test_perturb_stays_in_the_ball_and_leaves_parameter_gradients_alone():

@@ -150,8 +150,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
                     world: World = SINGLE) -> dict:
     """One pass over the training set; returns loss and accuracies (None where not measured).
 
-    With several ranks each one trains on its part of every global batch and the figures are
-    summed over the ranks.
+    `train_clean_acc` and `train_adv_acc` are measured in training mode (BatchNorm on batch
+    statistics) on the same batches; `craft_clean_acc` is the clean accuracy of the crafting
+    pass, with BatchNorm in the crafting mode (`adversary.bn_mode`). With several ranks each
+    one trains on its part of every global batch and the figures are summed over the ranks.
     """
     method = METHODS[config.adversary.method]
     criterion = lambda logits, labels: F.cross_entropy(  # noqa: E731
@@ -161,7 +163,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
     device = next(model.parameters()).device
     amp = torch.autocast("cuda", dtype=torch.bfloat16,
                          enabled=config.amp and device.type == "cuda")
-    totals = dict.fromkeys(("loss", "seen", "clean", "clean_seen", "adv", "adv_seen"), 0.0)
+    totals = dict.fromkeys(("loss", "seen", "clean", "clean_seen", "adv", "adv_seen", "craft",
+                            "craft_seen"), 0.0)
     batches = source.batches(batch_size, epoch_seed(config.seed, epoch), shuffle=True,
                              drop_last=True, shard=(world.rank, world.size))
     bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch + 1}/{config.epochs}",
@@ -186,7 +189,8 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
         size = len(labels)
         totals["loss"] += loss * size
         totals["seen"] += size
-        for key, logits in (("clean", output.clean_logits), ("adv", output.adv_logits)):
+        for key, logits in (("clean", output.clean_logits), ("adv", output.adv_logits),
+                            ("craft", output.craft_logits)):
             correct = _correct(logits, labels)
             if correct is not None:
                 totals[key] += correct
@@ -198,7 +202,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
         return totals[key] / totals[f"{key}_seen"] if totals[f"{key}_seen"] else None
 
     return {"loss": totals["loss"] / max(totals["seen"], 1), "train_clean_acc": rate("clean"),
-            "train_adv_acc": rate("adv")}
+            "train_adv_acc": rate("adv"), "craft_clean_acc": rate("craft")}
 
 
 def _finite_everywhere(loss: float, world: World, device: torch.device) -> bool:

@@ -4,6 +4,10 @@ standard (clean CE), fgsm and pgd (CE on x + δ), trades (CE + β·KL), igr (CE 
 double backprop). Methods run inside the optimiser gradient phase (set by the trainer);
 examples are crafted with BatchNorm in the configured mode and the surrogate-gradient ReLUs in
 their attacker phase; the loss is computed in training mode.
+
+The accuracy figures a method returns are measured in training mode (BatchNorm on batch
+statistics), clean and adversarial alike, so the two can be compared; the clean accuracy of
+the crafting pass, whose BatchNorm mode is the configured one, is returned apart.
 """
 
 from __future__ import annotations
@@ -24,11 +28,16 @@ from robeval.train.config import AdversaryConfig
 
 @dataclass
 class StepOutput:
-    """The loss to minimise and the logits behind the accuracy figures (None: not measured)."""
+    """The loss to minimise and the logits behind the accuracy figures (None: not measured).
+
+    `clean_logits` and `adv_logits` come from training-mode forward passes; `craft_logits`
+    from the crafting pass on the clean images (BatchNorm as configured for crafting).
+    """
 
     loss: Tensor
     clean_logits: Tensor | None
     adv_logits: Tensor | None
+    craft_logits: Tensor | None = None
 
 
 Criterion = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> mean loss
@@ -49,6 +58,27 @@ def crafting(model: nn.Module, bn_mode: str):
             yield attacker
     finally:
         attacker.train()
+
+
+@contextmanager
+def batchnorm_stats_kept(model: nn.Module):
+    """BatchNorm running statistics restored on exit, so a measuring pass leaves no trace."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [[(buffer, buffer.clone()) for buffer in m.buffers(recurse=False)] for m in norms]
+    try:
+        yield
+    finally:
+        for pairs in saved:
+            for buffer, value in pairs:
+                buffer.copy_(value)
+
+
+@torch.no_grad()
+def train_mode_logits(model: nn.Module, images: Tensor) -> Tensor:
+    """Logits of `images` in training mode (batch statistics), running statistics untouched."""
+    network = unwrap(model)
+    with batchnorm_stats_kept(network):
+        return network(images)
 
 
 def step_size_for(adv: AdversaryConfig, steps: int) -> float | None:
@@ -73,10 +103,15 @@ def _adversarial(model, images, labels, adv, eps, criterion, steps: int) -> Step
             step *= eps / adv.eps  # follow the ε warm-up
         adv_images, first_logits = perturb(attacker, images, labels, eps, steps, step,
                                            adv.norm, adv.random_start)
+    # One extra forward without gradient: clean accuracy in the BatchNorm mode of the
+    # adversarial figure (the crafting pass may run BatchNorm on its running statistics).
+    # It comes first: restoring the running statistics afterwards would be an in-place change
+    # to tensors the training forward saves for backward.
+    clean = train_mode_logits(model, images)
     logits = model(adv_images)
     loss = criterion(logits, labels)
-    clean = None if adv.random_start else first_logits
-    return StepOutput(loss, clean, logits.detach())
+    craft = None if adv.random_start else first_logits.detach()
+    return StepOutput(loss, clean, logits.detach(), craft)
 
 
 def fgsm(model, images, labels, adv, eps, criterion) -> StepOutput:
