@@ -100,6 +100,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-only", action="store_true", help="train the missing zoo models, then stop")
+    parser.add_argument("--reference-only", action="store_true",
+                        help="fill the cache with the `aa` side (e.g. in the background), then stop")
     parser.add_argument("--no-write", action="store_true", help="print only")
     return parser.parse_args(argv)
 
@@ -237,6 +239,12 @@ def main(argv=None) -> str:
     if args.train_only:
         return ""
     with ResultsStore(Path(args.cache) / "bench_aa.sqlite") as store:
+        if args.reference_only:
+            for source, n in sources:
+                summary, _ = run_side(source, REFERENCE_SUITE, n, args, store, fresh=False)
+                print(f"{source.name}: {REFERENCE_SUITE} {summary.loc['worst case', 'accuracy']:.3f} "
+                      f"on {n} images", flush=True)
+            return ""
         rows = [compare(source, n, args, store) for source, n in sources]
     body = report(rows, args, device)
     print(body)

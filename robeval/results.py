@@ -578,13 +578,10 @@ class ResultsStore:
             [(run_id, int(o.index), int(o.position), str(o.outcome), _opt(float, o.margin),
               _opt(float, o.perturbation_norm), _opt(int, o.iterations)) for o in outcomes],
         )
-        unknown = Passes(None, None)
         self._db.executemany(
             "INSERT INTO attack_seconds (run_id, batch_index, position, seconds, forward_passes, "
             "backward_passes) VALUES (?, ?, ?, ?, ?, ?)",
-            [(run_id, batch_index, int(position), float(value),
-              _opt(int, passes.get(position, unknown).forward),
-              _opt(int, passes.get(position, unknown).backward))
+            [(run_id, batch_index, int(position), float(value), *_pass_values(passes.get(position)))
              for position, value in seconds.items()],
         )
 
@@ -765,6 +762,11 @@ def _summary_frame(rows: list[tuple[str, int, float, tuple[float, float]]], n: i
                         "backward_passes": backward,
                         "passes_per_image": (forward + backward) / n if n else math.nan})
     return pd.DataFrame.from_records(records, index="attack")
+
+
+def _pass_values(passes: Passes | None) -> tuple[int | None, int | None]:
+    """(forward, backward) as plain ints for the database; (None, None) when not recorded."""
+    return (None, None) if passes is None else (int(passes.forward), int(passes.backward))
 
 
 def _record_values(record: RunRecord) -> dict[str, Any]:
