@@ -26,10 +26,11 @@ class Counting(nn.Module):
         self.net, self.forward_images, self.backward_images = net, 0, 0
 
     def forward(self, x: Tensor) -> Tensor:
-        self.forward_images += len(x)
+        n = len(x)
+        self.forward_images += n
         out = self.net(x)
         if out.requires_grad:
-            out.register_hook(lambda grad, n=len(x): self._backward(n))
+            out.register_hook(lambda grad: self._backward(n))
         return out
 
     def _backward(self, n: int) -> None:
@@ -120,3 +121,23 @@ def test_options_and_errors():
         with pytest.raises(RobevalError) as error:
             build_attack(spec, threat)
         assert all(word in str(error.value) for word in words)
+
+
+@pytest.mark.parametrize("mode", ["cascade", "independent"])
+def test_is_one_row_of_the_evaluation_in_either_mode(trained_cifar_run, cifar10_mini_dir, tmp_path, mode):
+    from robeval.evaluate import EvalConfig, evaluate
+    from robeval.results import ResultsStore
+    from robeval.sources import load_source
+
+    config = EvalConfig(suite="pgd10,aa-fast(iters=10,queries=50)", n=48, batch_size=48, mode=mode,
+                        data_dir=str(cifar10_mini_dir), checks=False)
+    result = evaluate(load_source(str(trained_cifar_run)), config, ResultsStore(tmp_path / "db.sqlite"),
+                      progress=False, log=lambda _: None)
+    accuracy = result.summary["accuracy"]
+    assert list(accuracy.index) == ["clean", "pgd10", "aa-fast(iters=10,queries=50)", "worst case"]
+    assert accuracy["aa-fast(iters=10,queries=50)"] <= accuracy["clean"]
+    assert accuracy["worst case"] <= accuracy["pgd10"]
+    samples = result.store.per_sample(result.run_id)
+    attacked = samples["outcome_aa-fast(iters=10,queries=50)"] != "skipped"
+    expected = samples["clean_correct"] if mode == "independent" else samples["outcome_pgd10"] == "robust"
+    assert attacked.equals(expected)
