@@ -19,12 +19,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from robeval import checkpoints
+from robeval import checkpoints, robustbench_compat, sources
 from robeval.check import FORMAT
 from robeval.cli import main
 from robeval.errors import RobevalError
@@ -506,3 +507,28 @@ def test_an_evaluation_on_a_full_disk_says_so_and_the_rerun_resumes(work, tmp_pa
     code, stdout, stderr = cli(capsys, "attack", work["run"], *ATTACK, "--db", db)
     assert code == 0, stderr
     assert "resuming: 1 of 2 batches already in" in stdout
+
+
+# --- checkpoints loaded by robustbench ------------------------------------------------------------
+
+def test_robustbench_loads_are_weights_only_whatever_torch_defaults_to(tmp_path, monkeypatch):
+    marker, model_dir = tmp_path / "code-ran", tmp_path / "models"
+    planted = model_dir / "cifar10" / "Linf" / "Chen2020Adversarial.pt_m0.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"state_dict": _PlantedCode(marker)}, planted)
+    original_load = torch.load
+
+    def load_model(name, model_dir, dataset, threat_model):
+        # robustbench's ensemble loop loads each member with a bare torch.load; an older torch
+        # defaults to weights_only=False, which is what this passes
+        member = Path(model_dir) / dataset / threat_model / f"{name}.pt_m0.pt"
+        return torch.load(member, map_location="cpu", weights_only=False)
+
+    monkeypatch.setattr(robustbench_compat, "import_robustbench",
+                        lambda: types.SimpleNamespace(load_model=load_model))
+    with pytest.raises(RobevalError, match="robustbench:Chen2020Adversarial: could not download "
+                                           "or load") as info:
+        sources._download("Chen2020Adversarial", planted, model_dir, "cifar10", "Linf")
+    assert "\n" not in str(info.value) and "Weights only load failed" in str(info.value)
+    assert not marker.exists()
+    assert torch.load is original_load
