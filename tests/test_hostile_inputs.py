@@ -158,6 +158,8 @@ CASES = [
      "unknown mode 'both'", no_setup),
     ("attack-n-0", ["attack", "{run}", *ATTACK, "--db", "{db}", "--n", "0"],
      "--n must be at least 1", no_setup),
+    ("attack-db-is-a-folder", ["attack", "{run}", *ATTACK, "--db", "{dir}"],
+     "is a folder, not a database file", directory_db),
     ("attack-missing-model", ["attack", "{root}/nothing-here", *ATTACK, "--db", "{db}"],
      "nothing-here", no_setup),
     # train
