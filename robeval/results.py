@@ -236,6 +236,9 @@ class ResultsStore:
         switched or migrated, so a store on a read-only disk or shared read-only can be read.
         """
         self.path, self.readonly = Path(path), readonly
+        if self.path.is_dir():
+            raise RobevalError(f"results store {self.path} is a folder, not a database file: "
+                               "pass --db with the .sqlite file inside it")
         if readonly:
             self._db = self._connect_readonly()
             return
@@ -256,9 +259,6 @@ class ResultsStore:
 
     def _connect_readonly(self) -> sqlite3.Connection:
         """A read-only connection to an existing store of the current schema."""
-        if self.path.is_dir():
-            raise RobevalError(f"results store {self.path} is a folder, not a database file: "
-                               "pass --db with the .sqlite file inside it")
         if not self.path.is_file():
             raise RobevalError(f"results store {self.path} does not exist: run `robeval attack` "
                                "first or pass --db")

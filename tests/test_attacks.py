@@ -123,10 +123,18 @@ def test_smooth_gradients_leave_the_forward_pass_and_the_model_unchanged(trained
 def test_broken_samples_stop_costing_iterations(trained, cifar_test_batch):
     images, labels = cifar_test_batch
     clean = trained(images).argmax(1) == labels
-    outcome = build_attack("pgd20(restarts=2)", ThreatModel(EPS)).run(
-        trained, images[clean], labels[clean], seed=1)
+    x, y = images[clean], labels[clean]
+    outcome = build_attack("pgd20(restarts=2)", ThreatModel(EPS)).run(trained, x, y, seed=1)
+    first = build_attack("pgd20", ThreatModel(EPS)).run(trained, x, y, seed=1)  # its 1st restart
     assert (outcome.iterations[outcome.robust] == 40).all()
-    assert (outcome.iterations[~outcome.robust] < 40).all()
+    # A point broken at iterate k of the first restart costs exactly k (and no more); one that
+    # survived it costs its 20 and then whatever the second restart took, up to 20 more: a point
+    # broken at the last of the 40 iterations costs 40 and is still broken.
+    broken_early = ~first.robust
+    assert torch.equal(outcome.iterations[broken_early], first.iterations[broken_early])
+    assert (~outcome.robust[broken_early]).all() and (first.iterations[broken_early] < 20).any()
+    later = outcome.iterations[first.robust & ~outcome.robust]
+    assert ((later >= 20) & (later <= 40)).all()
     assert (outcome.margin[~outcome.robust] <= 0).all() and (outcome.margin[outcome.robust] > 0).all()
 
 

@@ -155,6 +155,22 @@ TRAIN_ARGS = ["--model", "cnn-small", "--method", "pgd", "--norm", "l2", "--eps"
               "--val-pgd-steps", "2", "--diagnostics-batch", "0", "--sync-bn", "--quiet"]
 
 
+@pytest.fixture
+def one_thread_per_process(monkeypatch):
+    """Every rank and this process compute with one thread, whatever the machine or its load.
+
+    A two-rank run and a one-process run differ only by how the batch's gradient is summed
+    (two halves all-reduced, or all at once); with a free thread count, the intra-op split of
+    each convolution's reductions adds an order that depends on the cores, so the same
+    comparison could pass on one machine and fail on another.
+    """
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")   # `launch` hands it to every rank
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _cifar(data_dir: Path) -> list[str]:
     return ["--dataset", "cifar10", "--data-dir", str(data_dir)]
 
@@ -178,7 +194,7 @@ def _script(path: Path, body: str) -> list[str]:
 
 @pytest.mark.slow
 def test_ddp_training_on_two_ranks_equals_one_process_on_the_same_global_batch(
-        cifar10_mini_dir, tmp_path):
+        cifar10_mini_dir, tmp_path, one_thread_per_process):
     args = ["train", *TRAIN_ARGS, *_cifar(cifar10_mini_dir), "--epochs", "1"]
     launch(2, [*args, "--out", str(tmp_path / "ddp")])
     assert main([*args, "--out", str(tmp_path / "single")]) == 0
@@ -188,7 +204,8 @@ def test_ddp_training_on_two_ranks_equals_one_process_on_the_same_global_batch(
 
 
 @pytest.mark.slow
-def test_killed_rank_stops_training_clearly_and_the_rerun_resumes(cifar10_mini_dir, tmp_path):
+def test_killed_rank_stops_training_clearly_and_the_rerun_resumes(cifar10_mini_dir, tmp_path,
+                                                                  one_thread_per_process):
     dying = _script(tmp_path / "dying_train.py", """
         import os, signal, sys
         import robeval.train.loop as loop

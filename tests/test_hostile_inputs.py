@@ -19,12 +19,13 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
-from robeval import checkpoints
+from robeval import checkpoints, robustbench_compat, sources
 from robeval.check import FORMAT
 from robeval.cli import main
 from robeval.errors import RobevalError
@@ -157,6 +158,8 @@ CASES = [
      "unknown mode 'both'", no_setup),
     ("attack-n-0", ["attack", "{run}", *ATTACK, "--db", "{db}", "--n", "0"],
      "--n must be at least 1", no_setup),
+    ("attack-db-is-a-folder", ["attack", "{run}", *ATTACK, "--db", "{dir}"],
+     "is a folder, not a database file", directory_db),
     ("attack-missing-model", ["attack", "{root}/nothing-here", *ATTACK, "--db", "{db}"],
      "nothing-here", no_setup),
     # train
@@ -364,17 +367,35 @@ def test_reading_a_store_writes_nothing(work, tmp_path, capsys):
 
 
 KILL_AT_FIRST_WRITE = """
-import os, signal, sys
+import builtins, io, os, signal, sys
 from robeval.cli import main
-from robeval.errors import RobevalError
-out, point = os.path.abspath(sys.argv[1]), sys.argv[2]
-def kill(event, args):
-    into_out = str(args[-3 if event == "os.rename" else 0]).startswith(out + os.sep)
-    writes = event == "open" and args[2] & (os.O_WRONLY | os.O_RDWR)
-    if into_out and (writes if point == "open" else event == "os.rename"):
+out = os.path.abspath(sys.argv[1]) + os.sep
+
+class KilledMidWrite:
+    # A file under the report folder: its first write lands half its bytes, then SIGKILL.
+    def __init__(self, file):
+        self.file = file
+    def write(self, data):
+        self.file.write(bytes(data)[: len(data) // 2])
+        self.file.flush()
         os.kill(os.getpid(), signal.SIGKILL)
-sys.addaudithook(kill)
-sys.exit(main(["report", "--db", sys.argv[3], "--out", out]))
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+    def __enter__(self):
+        return self
+    def __exit__(self, *exc_info):
+        self.file.close()
+
+def opener(real):
+    def open_(file, mode="r", *args, **kwargs):
+        handle = real(file, mode, *args, **kwargs)
+        path = os.readlink(f"/proc/self/fd/{file}") if isinstance(file, int) else os.fspath(file)
+        writes = any(flag in mode for flag in "wax+")
+        return KilledMidWrite(handle) if writes and os.path.abspath(path).startswith(out) else handle
+    return open_
+
+builtins.open, io.open = opener(builtins.open), opener(io.open)
+sys.exit(main(["report", "--db", sys.argv[2], "--out", sys.argv[1]]))
 """
 
 
@@ -389,25 +410,25 @@ def outputs(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if not p.name.startswith(".")}
 
 
-def kill_report(db: Path, out: Path, point: str) -> int:
-    """Run `robeval report` in a subprocess that SIGKILLs itself at its first write of `point`."""
+def kill_report(db: Path, out: Path) -> int:
+    """Run `robeval report` in a subprocess that SIGKILLs itself in its first write of a file."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-c", KILL_AT_FIRST_WRITE, str(out), point, str(db)],
+    return subprocess.run([sys.executable, "-c", KILL_AT_FIRST_WRITE, str(out), str(db)],
                           env=env, capture_output=True, timeout=300).returncode
 
 
 def test_a_report_killed_at_its_first_write_leaves_no_partial_file(work, tmp_path, capsys):
     db = store_copy(work, tmp_path)
     fresh, existing = tmp_path / "fresh", tmp_path / "existing"
-    assert kill_report(db, fresh, "open") == -signal.SIGKILL
-    assert all(whole(fresh / name) for name in outputs(fresh))   # nothing, or only whole files
+    assert kill_report(db, fresh) == -signal.SIGKILL
+    assert outputs(fresh) == {}
     assert cli(capsys, "report", "--db", db, "--out", existing)[0] == 0
     complete = outputs(existing)
     assert {"report.md", "report.pdf", "tables.tex", "activations.png"} <= set(complete)
-    # Killed just before its first finished file replaces the old one: the old report stays.
-    assert kill_report(db, existing, "rename") == -signal.SIGKILL
-    assert outputs(existing) == complete
+    assert all(whole(existing / name) for name in complete)
+    assert kill_report(db, existing) == -signal.SIGKILL
+    assert outputs(existing) == complete   # the old report, whole, until a new file is complete
     assert cli(capsys, "report", "--db", db, "--out", existing, "--format", "md")[0] == 0
     assert not list(existing.glob(".*.tmp"))   # the killed run's temporary is cleaned up
     assert all(whole(existing / name) for name in outputs(existing))
@@ -488,3 +509,28 @@ def test_an_evaluation_on_a_full_disk_says_so_and_the_rerun_resumes(work, tmp_pa
     code, stdout, stderr = cli(capsys, "attack", work["run"], *ATTACK, "--db", db)
     assert code == 0, stderr
     assert "resuming: 1 of 2 batches already in" in stdout
+
+
+# --- checkpoints loaded by robustbench ------------------------------------------------------------
+
+def test_robustbench_loads_are_weights_only_whatever_torch_defaults_to(tmp_path, monkeypatch):
+    marker, model_dir = tmp_path / "code-ran", tmp_path / "models"
+    planted = model_dir / "cifar10" / "Linf" / "Chen2020Adversarial.pt_m0.pt"
+    planted.parent.mkdir(parents=True)
+    torch.save({"state_dict": _PlantedCode(marker)}, planted)
+    original_load = torch.load
+
+    def load_model(name, model_dir, dataset, threat_model):
+        # robustbench's ensemble loop loads each member with a bare torch.load; an older torch
+        # defaults to weights_only=False, which is what this passes
+        member = Path(model_dir) / dataset / threat_model / f"{name}.pt_m0.pt"
+        return torch.load(member, map_location="cpu", weights_only=False)
+
+    monkeypatch.setattr(robustbench_compat, "import_robustbench",
+                        lambda: types.SimpleNamespace(load_model=load_model))
+    with pytest.raises(RobevalError, match="robustbench:Chen2020Adversarial: could not download "
+                                           "or load") as info:
+        sources._download("Chen2020Adversarial", planted, model_dir, "cifar10", "Linf")
+    assert "\n" not in str(info.value) and "Weights only load failed" in str(info.value)
+    assert not marker.exists()
+    assert torch.load is original_load

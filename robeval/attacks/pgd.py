@@ -213,10 +213,10 @@ def _step_option(attack: str, value: object) -> float:
 
 
 def _flag_option(attack: str, key: str, value: object) -> bool:
-    """A yes/no option, or an error naming the option."""
-    if not isinstance(value, bool):
-        raise RobevalError(f"{attack}: {key}={value} must be true or false")
-    return value
+    """A yes/no option (true/false or 1/0), or an error naming the option."""
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise RobevalError(f"{attack}: {key}={value} must be true or false (or 1 or 0)")
 
 
 def _fgsm(threat, options: dict) -> PGDAttack:
