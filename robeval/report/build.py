@@ -28,6 +28,7 @@ class ReportConfig:
     formats: tuple[str, ...] = FORMATS      # md, pdf, tex
     ci: bool = False                        # confidence intervals in the main table
     title: str = "robeval report"
+    extra_tables: tuple[tables.Table, ...] = ()   # a study's own tables, after the standard ones
 
 
 def _optional_tables(data: ReportData) -> list[tables.Table]:
@@ -127,7 +128,8 @@ def assemble(store: ResultsStore, config: ReportConfig) -> Report:
         raise RobevalError(f"--baseline {config.baseline} is not among the runs: "
                            f"{', '.join(map(str, data.models.index))}")
     main = tables.main_table(data, baseline=config.baseline, ci=config.ci)
-    return Report(config.title, _provenance(data, store), [main, *_optional_tables(data)],
+    return Report(config.title, _provenance(data, store),
+                  [main, *_optional_tables(data), *config.extra_tables],
                   _figures(data, store), _flags(data))
 
 
