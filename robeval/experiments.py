@@ -15,7 +15,16 @@ An experiment file describes a study end to end::
     paper:                            # optional published numbers shown beside ours
       source: "Xie et al., Smooth Adversarial Training, Figure 3"
       note: "what differs (dataset, model, epochs)"
-      rows: [{cell: {model.activation: relu}, clean: 68.8, robust: 33.0}]
+      tables:                         # where the rows are printed in the paper's text (tests check it)
+        t1: {file: sat-smooth-adversarial-training.md, caption: "Table 1:",
+             metrics: {clean: "Accuracy (%)", robust: "Robustness (%)"}}
+      rows:
+        - {cell: {model.activation: relu}, table: t1, at: [ResNet-50], clean: 68.8, robust: 33.0}
+        - {cell: {model.activation: silu}, clean: 69.7, robust: 42.3,
+           quote: "achieve 42.3% robustness and 69.7% standard accuracy"}
+    findings:                         # the paper's claims as comparisons of two cells (robeval.findings)
+      - {claim: "SiLU is more robust than ReLU", better: {model.activation: silu},
+         worse: {model.activation: relu}, metric: robust}
 
 `grid` may also be a list of such mappings: the cells are then the union of their products
 (identical configurations are trained once), which varies one setting at a time around `base`
@@ -26,8 +35,18 @@ field such as `epochs`; seeds come from `seeds`, never from the grid.
 `run_experiment` trains every cell into `root/checkpoints/<name>/<cell>`, evaluates it into
 `root/reports/<name>/robeval.sqlite` and renders `root/reports/<name>/report`. Interrupted work
 continues where it stopped: a cell whose training finished is not trained again, and an
-evaluation resumes at its first unfinished batch. Published numbers, when given, are appended
-to report.md as a table beside ours.
+evaluation resumes at its first unfinished batch. Published numbers, when given, are set beside ours in a
+table of the report, and each finding gets the paper's difference, ours with a 95% interval and
+a verdict (see robeval.findings).
+
+A published row's metric columns are any keys besides `cell`, `table`, `at`, `quote` and
+`relative_to`: `clean`, `robust` (the paper's headline robustness) or an attack name (`pgd10`,
+`pgd50`, `aa`). `relative_to` names the cell of another row when the paper prints this row as a
+difference from that one (SAT Table 2); its values are then added to the other row's. `table`
+and `at` (row labels, or a mapping with `row` and `column`), or `quote` (a passage of the
+running text holding the numbers), say where the numbers are printed; tests/test_paper_numbers.py
+checks every number there. None of this changes what is trained: a cell's identity is its
+training configuration.
 """
 
 from __future__ import annotations
@@ -49,12 +68,14 @@ import robeval
 from robeval.checkpoints import atomic_write_text, read_jsonl
 from robeval.errors import RobevalError
 from robeval.evaluate import EvalConfig, evaluate, resolve, run_key
+from robeval.findings import Finding, parse_findings
 from robeval.results import ResultsStore
 from robeval.train.config import SECTIONS, TrainConfig, config_to_dict, merge, resolve_config
 
-TOP_KEYS = ("name", "description", "base", "grid", "seeds", "attack", "report", "paper")
+TOP_KEYS = ("name", "description", "base", "grid", "seeds", "attack", "report", "paper", "findings")
 REPORT_KEYS = ("baseline", "formats", "ci", "title")
-PAPER_KEYS = ("source", "note", "rows")
+PAPER_KEYS = ("source", "note", "tables", "rows")
+ROW_KEYS = ("cell", "table", "at", "quote", "relative_to")
 EVAL_FIELDS = tuple(f.name for f in dataclasses.fields(EvalConfig) if f.name not in ("data_dir", "device"))
 TOP_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig)
                    if f.name not in (*SECTIONS, "seed", "preset"))
@@ -86,6 +107,7 @@ class Experiment:
     report: dict
     paper: dict | None = None
     path: Path | None = None
+    findings: tuple[Finding, ...] = ()
 
 
 @dataclass
@@ -199,11 +221,26 @@ def _parse_paper(raw: Any, where: str) -> dict | None:
     if not isinstance(raw, dict):
         raise RobevalError(f"'paper' in {where} must be a mapping with keys {', '.join(PAPER_KEYS)}")
     _check_keys(raw, PAPER_KEYS, f"'paper' of {where}")
+    tables = raw.get("tables") or {}
+    if not isinstance(tables, dict) or not all(isinstance(v, dict) and v.get("file")
+                                               for v in tables.values()):
+        raise RobevalError(f"'tables' in the paper block of {where} must map names to mappings with a 'file'")
     for row in raw.get("rows") or []:
         if not isinstance(row, dict) or not isinstance(row.get("cell"), dict):
             raise RobevalError(f"each paper row in {where} needs a 'cell' mapping of grid keys to values")
-        _check_keys(row, ("cell", "clean", "robust"), f"a paper row of {where}")
+        if row.get("table") is not None and row["table"] not in tables:
+            raise RobevalError(f"paper row {row['cell']} of {where} names table {row['table']!r}, which "
+                               f"'tables' does not define ({', '.join(tables) or 'none'})")
+        for key, value in row.items():
+            if key not in ROW_KEYS and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise RobevalError(f"paper row {row['cell']} of {where}: {key!r} must be a number (a metric "
+                                   f"column) or one of {', '.join(ROW_KEYS)}")
     return raw
+
+
+def paper_metrics(row: dict) -> dict[str, float]:
+    """The metric columns of a published row, as printed (before `relative_to` is applied)."""
+    return {str(k): float(v) for k, v in row.items() if k not in ROW_KEYS}
 
 
 def load_experiment(path_or_name: str | Path, data_dir: str | None = None) -> Experiment:
@@ -224,7 +261,8 @@ def load_experiment(path_or_name: str | Path, data_dir: str | None = None) -> Ex
     experiment = Experiment(name, str(values.get("description") or ""), base,
                             _parse_grid(values.get("grid"), str(path)),
                             _parse_seeds(values.get("seeds"), str(path)), attack, report,
-                            _parse_paper(values.get("paper"), str(path)), path)
+                            _parse_paper(values.get("paper"), str(path)), path,
+                            parse_findings(values.get("findings"), str(path)))
     _check_paper_cells(experiment)
     _check_attack(experiment)
     return experiment
@@ -324,13 +362,68 @@ def _matches(cell: Cell, wanted: dict) -> bool:
     return all(str(k) in cell.overrides and str(cell.overrides[str(k)]) == str(v) for k, v in wanted.items())
 
 
+def setting_key(cell: Cell) -> str:
+    """A cell's training configuration without its seed: the seeds of one setting share it."""
+    values = config_to_dict(cell.config)
+    values.pop("seed")
+    return json.dumps(values, sort_keys=True)
+
+
+def spec_label(spec: dict) -> str:
+    """ "activation=silu, smooth_grad=both" for a mapping of grid keys to values."""
+    return ", ".join(f"{str(k).rpartition('.')[2]}={v}" for k, v in spec.items())
+
+
+def spec_setting(experiment: Experiment, spec: dict, what: str) -> str:
+    """The one setting (see `setting_key`) whose grid values include `spec`; one-line error otherwise.
+
+    Grid groups are searched before duplicates are removed, so {adversary.bn_mode: eval} finds the
+    baseline even when another group's cell trained it under another name.
+    """
+    found = {setting_key(cell) for cell in itertools.chain.from_iterable(grid_groups(experiment))
+             if _matches(cell, spec)}
+    if len(found) != 1:
+        problem = "matches no cell of the grid" if not found else (
+            f"matches {len(found)} different settings; name more grid keys")
+        raise RobevalError(f"{what} {spec} of {experiment.path or experiment.name} {problem}")
+    return found.pop()
+
+
 def _check_paper_cells(experiment: Experiment) -> None:
-    if not experiment.paper:
-        return
-    all_cells = cells(experiment)
-    for row in experiment.paper.get("rows") or []:
-        if not any(_matches(cell, row["cell"]) for cell in all_cells):
-            raise RobevalError(f"paper row {row['cell']} of {experiment.path} matches no cell of the grid")
+    rows = (experiment.paper or {}).get("rows") or []
+    for row in rows:
+        spec_setting(experiment, row["cell"], "paper row")
+        if row.get("relative_to") is not None:
+            spec_setting(experiment, row["relative_to"], "relative_to of a paper row")
+    for finding in experiment.findings:
+        better = spec_setting(experiment, finding.better, "finding")
+        if better == spec_setting(experiment, finding.worse, "finding"):
+            raise RobevalError(f"finding {finding.claim!r} of {experiment.path}: better and worse name "
+                               "the same cell")
+    published = published_values(experiment)
+    for finding in experiment.findings:
+        for spec in (finding.better, finding.worse):
+            if finding.paper_metric not in published.get(spec_setting(experiment, spec, "finding"), {}):
+                raise RobevalError(f"finding {finding.claim!r} of {experiment.path}: no published row for "
+                                   f"{spec} gives {finding.paper_metric!r}; add it to paper.rows")
+
+
+def published_values(experiment: Experiment) -> dict[str, dict[str, float]]:
+    """The published metrics by setting (see `setting_key`), with `relative_to` rows made absolute."""
+    rows = (experiment.paper or {}).get("rows") or []
+    keyed = [(spec_setting(experiment, row["cell"], "paper row"), row) for row in rows]
+    plain = {key: paper_metrics(row) for key, row in keyed if row.get("relative_to") is None}
+    values = dict(plain)
+    for key, row in keyed:
+        if row.get("relative_to") is None:
+            continue
+        reference = plain.get(spec_setting(experiment, row["relative_to"], "relative_to of a paper row"), {})
+        missing = [m for m in paper_metrics(row) if m not in reference]
+        if missing:
+            raise RobevalError(f"paper row {row['cell']} of {experiment.path} is relative to "
+                               f"{row['relative_to']}, whose row gives no {missing[0]!r}")
+        values[key] = {m: round(reference[m] + v, 4) for m, v in paper_metrics(row).items()}
+    return values
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -472,92 +565,149 @@ def _baseline(experiment: Experiment, results: list[CellResult]) -> int | None:
 
 def write_report(experiment: Experiment, results: list[CellResult], store: ResultsStore,
                  root: Path) -> dict[str, Path]:
-    """build_report over the experiment's runs, then its own sections appended to report.md."""
+    """build_report over the experiment's runs, with the study's own tables: one per grid group,
+    the published numbers beside ours and a verdict per finding."""
     from robeval.report.build import FORMATS, ReportConfig, build_report
 
     report = experiment.report
     formats = report.get("formats", FORMATS)
+    measured = measurements(results, store)
+    extra = _group_tables(experiment, results, store) + study_tables(experiment, measured)
     config = ReportConfig(out=str(report_dir(experiment, root) / "report"),
                           runs=tuple(r.run_id for r in results), baseline=_baseline(experiment, results),
                           formats=tuple(formats.split(",") if isinstance(formats, str) else formats),
                           ci=bool(report.get("ci", False)),
-                          title=str(report.get("title") or f"{experiment.name}: {experiment.description}"))
+                          title=str(report.get("title") or f"{experiment.name}: {experiment.description}"),
+                          extra_tables=tuple(extra))
     paths = build_report(store, config)
-    extra = _group_tables(experiment, results, store) + [paper_section(experiment, results)]
-    extra = [section for section in extra if section]
-    if "md" in paths and extra:
+    section = paper_section(experiment)
+    if "md" in paths and section:
         markdown = Path(paths["md"])
-        atomic_write_text(markdown, markdown.read_text().rstrip("\n") + "\n\n" + "\n\n".join(extra) + "\n")
+        atomic_write_text(markdown, markdown.read_text().rstrip("\n") + "\n\n" + section + "\n")
     return paths
 
 
-def _group_tables(experiment: Experiment, results: list[CellResult], store: ResultsStore) -> list[str]:
+def _group_tables(experiment: Experiment, results: list[CellResult], store: ResultsStore) -> list:
     """A Bag-of-Tricks table per single-key grid group, when the grid has several groups."""
     if len(experiment.grid) < 2:
         return []
     from robeval.report import tables
     from robeval.report.collect import collect
 
-    by_config = {_config_key(r.cell): r.run_id for r in results}
-    sections = []
+    by_config = {_config_key(r.cell): r.run_id for r in results if r.run_id is not None}
+    built = []
     for group, group_cells in zip(experiment.grid, grid_groups(experiment), strict=True):
         if len(group) != 1:
             continue
         trick = next(iter(group)).rpartition(".")[2]
-        ids = list(dict.fromkeys(by_config[_config_key(c)] for c in group_cells))
+        ids = list(dict.fromkeys(by_config[key] for key in map(_config_key, group_cells) if key in by_config))
         try:
             table = tables.tricks_table(collect(store, ids), trick)
         except RobevalError:
             continue
-        sections.append(f"## One setting at a time: {trick}\n\n{tables.to_markdown(table)}")
-    return sections
+        table.title = f"One setting at a time: {trick}"
+        built.append(table)
+    return built
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
+# --- published numbers and findings ----------------------------------------------------------------
+
+Measurements = dict[str, dict[int, dict[str, Any]]]   # setting -> seed -> metric -> per-image flags
 
 
-def _published(value) -> str:
-    return "–" if value is None else f"{float(value):.1f}"
+def measured_flags(store: ResultsStore, run_id: int) -> dict[str, Any]:
+    """Per-image 0/1 flags by test-image index: clean, each attack, 'worst case' (alias 'robust')."""
+    import pandas as pd
+
+    from robeval.check import metric_flags
+
+    index = store.per_sample(run_id)["index"].to_numpy()
+    flags = {metric: pd.Series(values, index=index, dtype=bool)
+             for metric, values in metric_flags(store, run_id).items()}
+    flags["robust"] = flags["worst case"]
+    return flags
 
 
-def paper_section(experiment: Experiment, results: list[CellResult]) -> str:
-    """Markdown: the published numbers beside ours (mean over the matching cells), or ''.
+def measurements(results: list[CellResult], store: ResultsStore) -> Measurements:
+    """The finished evaluations of `results`, by setting and seed."""
+    measured: Measurements = {}
+    for result in results:
+        if result.run_id is not None:
+            flags = measured_flags(store, result.run_id)
+            measured.setdefault(setting_key(result.cell), {})[result.cell.seed] = flags
+    return measured
 
-    A study whose paper block lists no rows gets its source and note only, with a line saying
-    that no published figure is set beside ours.
-    """
-    paper = experiment.paper
-    if not paper:
-        return ""
-    lines = ["## Published numbers beside ours", "",
-             f"Source: {paper.get('source', 'not given')}.", ""]
-    if not paper.get("rows"):
-        lines.append("No published figures are listed for these cells: compare the direction of "
-                     "the changes with the source.")
+
+def finding_rows(experiment: Experiment, measured: Measurements) -> list[dict]:
+    """Per finding: claim, cells, metric, the paper's difference and ours (`robeval.findings.Measured`)."""
+    from robeval.findings import measure, paper_delta
+
+    published = published_values(experiment)
+    rows = []
+    for finding in experiment.findings:
+        better = spec_setting(experiment, finding.better, "finding")
+        worse = spec_setting(experiment, finding.worse, "finding")
+        flags = []
+        for key in (better, worse):
+            per_seed = {}
+            for seed, metrics in measured.get(key, {}).items():
+                if finding.metric not in metrics:
+                    raise RobevalError(f"finding {finding.claim!r} of {experiment.name} uses metric "
+                                       f"{finding.metric!r}; the evaluations give {', '.join(metrics)}")
+                per_seed[seed] = metrics[finding.metric]
+            flags.append(per_seed)
+        rows.append({"finding": finding, "paper_delta": paper_delta(finding, published, better, worse),
+                     "measured": measure(finding, *flags)})
+    return rows
+
+
+def published_rows(experiment: Experiment, measured: Measurements) -> list[dict]:
+    """Per published row: its label, the paper's values (absolute) and ours (accuracy per seed)."""
+    published = published_values(experiment)
+    rows = []
+    for row in (experiment.paper or {}).get("rows") or []:
+        key = spec_setting(experiment, row["cell"], "paper row")
+        ours: dict[str, list[float]] = {}
+        for metrics in measured.get(key, {}).values():
+            for metric, flags in metrics.items():
+                if metric != "robust":
+                    ours.setdefault(metric, []).append(float(flags.mean()))
+        rows.append({"label": spec_label(row["cell"]), "paper": published[key], "ours": ours,
+                     "seeds": sorted(measured.get(key, {}))})
+    return rows
+
+
+def study_tables(experiment: Experiment, measured: Measurements) -> list:
+    """The published numbers beside ours, and the verdict per finding, as report tables."""
+    from robeval.report import tables
+
+    paper = experiment.paper or {}
+    built = []
+    if paper.get("rows"):
+        notes = f"Source: {paper.get('source', 'not given')}."
         if paper.get("note"):
-            lines += ["", f"What differs: {paper['note']}"]
-        return "\n".join(lines)
-    lines += ["| cell | published clean | published robust | ours clean | ours robust (worst case) |",
-             "|:--|--:|--:|--:|--:|"]
-    for row in paper["rows"]:
-        matched = [r for r in results if _matches(r.cell, row["cell"]) and r.run_id is not None]
-        label = ", ".join(f"{k}={v}" for k, v in row["cell"].items())
-        clean = _mean([r.clean for r in matched])
-        robust = _mean([r.worst_case for r in matched])
-        lines.append(f"| {label} | {_published(row.get('clean'))} | {_published(row.get('robust'))} | "
-                     f"{_pct(clean)} | {_pct(robust)} |")
-    suite = experiment.attack.get("suite", EvalConfig.suite)
-    lines += ["", f"Ours: mean over matching cells and seeds; worst case over {suite} on the first "
-              f"{experiment.attack.get('n', EvalConfig.n)} test images."]
+            notes += f" What differs: {paper['note']}"
+        built.append(tables.published_table(published_rows(experiment, measured), notes))
+    if experiment.findings:
+        built.append(tables.findings_table(finding_rows(experiment, measured)))
+    return built
+
+
+def paper_section(experiment: Experiment) -> str:
+    """Markdown for a paper block that lists no rows: its source and note ('' otherwise)."""
+    paper = experiment.paper
+    if not paper or paper.get("rows"):
+        return ""
+    lines = ["## Published numbers beside ours", "", f"Source: {paper.get('source', 'not given')}.", "",
+             "No published figures are listed for these cells: compare the direction of "
+             "the changes with the source."]
     if paper.get("note"):
         lines += ["", f"What differs: {paper['note']}"]
     return "\n".join(lines)
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return sum(present) / len(present) if present else None
+def _pct(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
 
 
 def cells_table(results: list[CellResult]) -> str:

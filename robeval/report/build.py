@@ -33,6 +33,7 @@ class ReportConfig:
     ci: bool = False                        # confidence intervals in the main table
     title: str = "robeval report"
     include_unfinished: bool = False        # also unfinished evaluations, marked in every row
+    extra_tables: tuple[tables.Table, ...] = ()   # a study's own tables, after the standard ones
 
 
 def _optional_tables(data: ReportData) -> list[tables.Table]:
@@ -135,7 +136,8 @@ def assemble(store: ResultsStore, config: ReportConfig) -> Report:
     main = tables.main_table(data, baseline=config.baseline, ci=config.ci)
     cost = [tables.cost_table(data)] if data.metrics["passes_per_image"].notna().any() else []
     grouped = _optional_tables(data.finished()) if not data.finished().models.empty else []
-    return Report(config.title, _provenance(data, store), [main, *cost, *grouped],
+    return Report(config.title, _provenance(data, store),
+                  [main, *cost, *grouped, *config.extra_tables],
                   _figures(data, store), _flags(data))
 
 

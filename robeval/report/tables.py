@@ -453,6 +453,95 @@ def tricks_table(data: ReportData, trick: str, metric: str = "worst case") -> Ta
                   trick, notes + _count_note(counts))
 
 
+# --- published numbers and findings --------------------------------------------------------
+
+def _published_number(value) -> str:
+    return DASH if _missing(value) else f"{float(value):.1f}".replace("-", MINUS)
+
+
+def _ours(values: list[float]) -> str:
+    """Mean over seeds as a percentage, with the seed standard deviation: "34.2 ± 1.3"."""
+    if not values:
+        return DASH
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return percent(mean)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{percent(mean)} ± {100 * sd:.1f}"
+
+
+def published_table(rows: list[dict], notes: str = "") -> Table:
+    """The paper's numbers beside ours, one row per published row.
+
+    Each row is {"label", "paper": {metric: value in %}, "ours": {metric: [accuracy per seed]},
+    "seeds": [...]}. Columns: "paper <metric>" per published metric, then "ours <metric>" per
+    metric we measured (mean ± seed standard deviation), then the seeds counted.
+    """
+    if not rows:
+        raise RobevalError("published_table needs at least one published row")
+    paper_metrics = list(dict.fromkeys(m for row in rows for m in row["paper"]))
+    our_metrics = list(dict.fromkeys(m for row in rows for m in row["ours"]))
+    body = {}
+    for row in rows:
+        cells = {f"paper {m}": _published_number(row["paper"].get(m)) for m in paper_metrics}
+        cells.update({f"ours {m}": _ours(row["ours"].get(m, [])) for m in our_metrics})
+        cells["seeds"] = str(len(row["seeds"]))
+        body[row["label"]] = cells
+    frame = pd.DataFrame.from_dict(body, orient="index").astype(object)
+    frame.index.name = "cell"
+    bold = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    notes = ("Accuracy in %. Ours: mean ± standard deviation over the finished seeds; robust is the "
+             "paper's headline robustness, worst case is ours over the whole suite. " + notes).strip()
+    return Table("Published numbers beside ours", frame, bold, notes)
+
+
+def _signed(value: float | None) -> str:
+    if _missing(value):
+        return DASH
+    shown = round(float(value), 1) + 0.0
+    return f"+{shown:.1f}" if shown >= 0 else f"{MINUS}{-shown:.1f}"
+
+
+def findings_table(rows: list[dict]) -> Table:
+    """Per finding: the paper's difference, ours with its 95% interval, and the verdict.
+
+    Each row is {"finding": robeval.findings.Finding, "paper_delta": float | None,
+    "measured": robeval.findings.Measured}; differences are better − worse in percentage points.
+    """
+    if not rows:
+        raise RobevalError("findings_table needs at least one finding")
+    body = {}
+    for row in rows:
+        finding, ours = row["finding"], row["measured"]
+        expect = "≈" if finding.expect == "same" else ">"
+        interval = (DASH if ours.delta is None else
+                    f"{_signed(ours.delta)} [{_signed(ours.low)}, {_signed(ours.high)}]")
+        body[finding.claim] = {
+            "comparison": f"{_spec(finding.better)} {expect} {_spec(finding.worse)}"
+                          + (f" (±{number(finding.margin)})" if finding.expect == "same" else ""),
+            "metric (paper / ours)": (finding.metric if finding.paper_metric == finding.metric
+                                      else f"{finding.paper_metric} / {finding.metric}"),
+            "paper Δ": _signed(row["paper_delta"]),
+            "ours Δ [95% CI]": interval,
+            "seeds × images": f"{len(ours.seeds)} × {ours.n}" + (" unpaired" if ours.seeds and not ours.paired
+                                                                 else ""),
+            "verdict": ours.verdict,
+        }
+    frame = pd.DataFrame.from_dict(body, orient="index").astype(object)
+    frame.index.name = "finding"
+    bold = pd.DataFrame(False, index=frame.index, columns=frame.columns)
+    notes = ("Δ: better − worse in percentage points. Ours: mean over seeds of the per-seed difference; "
+             "95% interval from the seed spread and the paired per-image differences (Student t at "
+             "seeds − 1 degrees of freedom). Verdict: reproduced when the interval lies above 0 (for ≈: "
+             "inside ± the margin), contradicted when it lies below 0 (for ≈: wholly outside the "
+             "margin), else inconclusive at this scale; always inconclusive with fewer than 2 seeds.")
+    return Table("Findings: the paper's difference, ours and a verdict", frame, bold, notes)
+
+
+def _spec(spec: dict) -> str:
+    return ", ".join(f"{str(k).rpartition('.')[2]}={v}" for k, v in spec.items())
+
+
 # --- rendering -----------------------------------------------------------------------------
 
 def _align(column: pd.Series) -> str:
