@@ -43,8 +43,8 @@ def _advance(items, widths: dict[int, float], default: float, size: float) -> fl
     return total
 
 
-def text_runs(page: PageObject) -> list[tuple[float, float, float]]:
-    """(x start, x end, baseline y) of every text run on the page, in page coordinates."""
+def text_runs(page: PageObject) -> list[tuple[float, float, float, float]]:
+    """(x start, x end, baseline y, font size as printed) of every text run on the page."""
     fonts = {name: _cid_widths(font.get_object())
              for name, font in page["/Resources"].get("/Font", {}).items()}
     state, runs = {"font": ({}, 1000.0), "size": 0.0}, []
@@ -57,7 +57,8 @@ def text_runs(page: PageObject) -> list[tuple[float, float, float]]:
             advance = _advance(items, *state["font"], state["size"])
             x = cm[0] * tm[4] + cm[2] * tm[5] + cm[4]
             y = cm[1] * tm[4] + cm[3] * tm[5] + cm[5]
-            runs.append((x, x + cm[0] * tm[0] * advance, y))
+            scale = cm[0] * tm[0]
+            runs.append((x, x + scale * advance, y, abs(scale) * state["size"]))
 
     page.extract_text(visitor_operand_before=before)
     return runs
@@ -67,9 +68,14 @@ def runs_off_page(page: PageObject, tolerance: float = 0.5) -> list[tuple[float,
     """The text runs that leave the page box (any part of them)."""
     box = page.mediabox
     left, bottom, right, top = (float(v) for v in (box.left, box.bottom, box.right, box.top))
-    return [(x0, x1, y) for x0, x1, y in text_runs(page)
+    return [(x0, x1, y) for x0, x1, y, _ in text_runs(page)
             if min(x0, x1) < left - tolerance or max(x0, x1) > right + tolerance
             or not bottom - tolerance <= y <= top + tolerance]
+
+
+def smallest_text(page: PageObject) -> float:
+    """The smallest printed font size of the page's text (points)."""
+    return min((size for *_, size in text_runs(page)), default=float("inf"))
 
 
 def squashed(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from robeval.cli import main
+from robeval.cli import history_table, main
 
 
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
@@ -64,3 +64,13 @@ def test_list_shows_the_registries(capsys):
 def test_unknown_option_is_a_usage_error(capsys):
     code, _, stderr = run_cli(capsys, "train", "--colour", "red")
     assert code == 2 and "No such option" in stderr
+
+
+def test_history_table_reads_rows_written_before_craft_clean_acc():
+    old = {"epoch": 1, "loss": 2.0, "train_clean_acc": 0.105, "train_adv_acc": 0.507,
+           "val_clean_acc": 0.2, "val_pgd_acc": 0.1, "lr": 0.1, "time": 1.0}
+    new = {**old, "epoch": 2, "train_clean_acc": 0.6, "train_adv_acc": 0.5, "craft_clean_acc": 0.4}
+    assert "craft_clean_acc" not in history_table([old])
+    lines = history_table([old, new]).splitlines()
+    assert "craft_clean_acc" in lines[0]
+    assert lines[1].split()[4] == "-" and lines[2].split()[4] == "40.0"

@@ -61,7 +61,7 @@ def test_pdf_has_title_main_table_figures_and_flags(store, tmp_path):
     assert "robevalreport" in text[0] and "gitcommit" in text[0]
     assert "Table1:Cleanandrobustaccuracy(%)." in text[0]
     for run_id in (1, 2):
-        assert all(pct(value) in text[0] for value in store.summary(run_id)["accuracy"].values())
+        assert all(pct(value) in text[0] for value in store.summary(run_id)["accuracy"].tolist())
     assert "cnn-small,relu,pgd" in text[0] and "cnn-small,gelu,pgd" in text[0]
     for number in range(1, len(figures) + 1):
         assert any(f"Figure{number}:" in page for page in text)

@@ -12,14 +12,17 @@ from __future__ import annotations
 import io
 import json
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import matplotlib
 import typst
+from matplotlib.figure import Figure
 
 from robeval.errors import RobevalError
 from robeval.report.tables import Table, _align
 
-matplotlib.use("Agg")
+if TYPE_CHECKING:   # render imports this module
+    from robeval.report.render import Report
 
 TEMPLATE = "report.typ"
 
@@ -41,7 +44,7 @@ def table_data(table: Table) -> dict:
             "aligns": [_align(cells.iloc[:, i]) for i in range(cells.shape[1])], "rows": rows}
 
 
-def figure_svg(figure) -> str:
+def figure_svg(figure: Figure) -> str:
     """A matplotlib figure as SVG text, glyphs drawn as paths, without date or random ids."""
     buffer = io.StringIO()
     with matplotlib.rc_context({"svg.fonttype": "path", "svg.hashsalt": "robeval"}):
@@ -49,7 +52,7 @@ def figure_svg(figure) -> str:
     return buffer.getvalue()
 
 
-def report_data(report) -> dict:
+def report_data(report: Report) -> dict:
     """Everything the template sets, as JSON-ready data."""
     return {
         "title": str(report.title),
@@ -61,7 +64,7 @@ def report_data(report) -> dict:
     }
 
 
-def typeset(report) -> bytes:
+def typeset(report: Report) -> bytes:
     """The report as PDF bytes."""
     template = resources.files("robeval.report").joinpath(TEMPLATE).read_bytes()
     try:
