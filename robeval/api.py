@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -110,6 +111,8 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     config = EvalConfig(suite=suite, eps=eps, norm=plan.norm, n=len(labels), batch_size=int(batch_size),
                         seed=seed, mode=mode, dataset=plan.dataset, device=device, checks=checks)
     classes = output_classes(model, images[:1])
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise RobevalError(f"labels must lie in 0..{classes - 1}: the model outputs {classes} classes")
     source = ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
                          num_classes=classes, eps=eps, norm=plan.norm, config=module_config(model))
     attacks = parse_suite(suite, ThreatModel(eps, plan.norm))
@@ -130,7 +133,7 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
         found = []
         if checks:
             found = run_cheap_checks(prepared, x[:CHECK_IMAGES], y[:CHECK_IMAGES], plan)
-            store.set_notes(run_id, {"checks": {check.name: vars(check) for check in found}})
+            store.set_notes(run_id, {"checks": {check.name: asdict(check) for check in found}})
     store.finish_run(run_id)
     return EvalResult(run_id, store, store.summary(run_id), n_done, found)
 

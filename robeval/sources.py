@@ -216,7 +216,7 @@ def load_into_arch(model: nn.Module, state_dict: dict, source: str, arch: str) -
     missing = sorted(net_keys - closest.keys())
     details = "; ".join(f"{len(keys)} {what} (e.g. {', '.join(keys[:3])})"
                         for keys, what in ((leftover, "left over"), (missing, "missing")) if keys)
-    raise RobevalError(f"{source} does not fit --arch {arch} ({details}, even with a "
+    raise RobevalError(f"{source} does not match the architecture --arch {arch} ({details}, even with a "
                        f"{' or '.join(WRAPPER_PREFIXES)} prefix stripped): a wrapper's state_dict "
                        "cannot be loaded into the bare network; build the wrapper in Python and "
                        "evaluate it with robeval.evaluate_model, or pass the --arch it was saved from")
@@ -232,9 +232,10 @@ def prefix_candidates(state_dict: dict) -> list[dict]:
 
 
 def strip_any_prefix(key: str) -> str:
-    """`key` without the longest of `WRAPPER_PREFIXES` it starts with (for error messages)."""
-    prefix = max((p for p in WRAPPER_PREFIXES if key.startswith(p)), key=len, default="")
-    return key[len(prefix):]
+    """`key` without any run of `WRAPPER_PREFIXES` it starts with (for error messages)."""
+    while prefix := next((p for p in WRAPPER_PREFIXES if key.startswith(p)), ""):
+        key = key[len(prefix):]
+    return key
 
 
 def classifier_outputs(state_dict: dict) -> int | None:

@@ -123,6 +123,8 @@ def test_bad_models_and_tensors_are_one_line_errors(models):
                                eps=EPS)
     with pytest.raises(RobevalError, match="labels must be an integer tensor of shape"):
         robeval.attack_tensors(model, torch.rand(2, 1, 32, 32), torch.zeros(3, dtype=torch.long), eps=EPS)
+    with pytest.raises(RobevalError, match=r"labels must lie in 0\.\.9"):
+        robeval.attack_tensors(model, torch.rand(2, 1, 32, 32), torch.tensor([0, 10]), eps=EPS)
     with pytest.raises(RobevalError, match="must be a torch.nn.Module"):
         robeval.diagnose_model(lambda x: x, dataset="digits", eps=EPS)
 

@@ -162,7 +162,7 @@ def test_a_wrapper_state_dict_is_refused_not_loaded_without_its_wrapper(tmp_path
     file = tmp_path / "wrapper.pt"
     torch.save(state, file)
     message = error_of(load_source, str(file), arch="resnet18")
-    assert "does not fit --arch resnet18" in message and "1 left over" in message
+    assert "does not match the architecture --arch resnet18" in message and "1 left over" in message
     assert "levels" in message and "evaluate_model" in message
 
 

@@ -408,8 +408,8 @@ def check_larger_eps(model: nn.Module, images: Tensor, labels: Tensor, *, eps: f
     reverse by more than one sample, `floor` (1 percentage point) and 3·√(disagreements).
     Flat: flagged when more than `retained` (half) of the points robust at ε are still robust
     at 4ε while accuracy at 4ε exceeds chance by more than one sample and 3 binomial standard
-    deviations. Honest models trained at ε keep about a tenth (a PGD-1 cnn-small on
-    cifar10-mini: 26%, 13.5%, 2%); zero-gradient models keep nearly all. Evaluating far below
+    deviations. Honest models trained at ε keep under a tenth (a PGD-1 cnn-small on
+    cifar10-mini: 22%, 9.5%, 1.5%, 7% kept); zero-gradient models keep over four fifths. Evaluating far below
     the ε a model was trained for can legitimately keep more than half: run it at the
     model's own ε.
     """
@@ -507,9 +507,10 @@ def check_gradient_quality(model: nn.Module, images: Tensor, labels: Tensor, *,
     Rule: over the points with a non-zero finite gradient (zero ones are the `gradients`
     check's), flagged when the median cosine is below `alignment_floor` (0.1) or the median
     ratio of the FGSM step's loss rise L(x+δ) − L(x) to ⟨∇ₓL(x), δ⟩ is below `gain_floor`
-    (0.1, i.e. the gradient promises ten times what it delivers). Honest models measure
-    cosines of 0.5–1 and ratios of about 1 or more; independent directions in d dimensions
-    have cosines of about 1/√d (0.02 on CIFAR-10).
+    (0.1, i.e. the gradient promises ten times what it delivers). Honest cnn-smalls, standard
+    and adversarially trained, measure cosines of 0.57–0.92 and ratios of 0.42–0.94; shattered
+    ones 0.004 and 0.001; independent directions in d dimensions have cosines of about 1/√d
+    (0.02 on CIFAR-10).
     """
     with prepared(model, seed):
         clean = loss_and_grad(model, images, labels)
