@@ -181,9 +181,14 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def _assert_same_weights(a: dict, b: dict) -> None:
     # L2 steps keep training continuous in the weights, so reduction-order noise stays small
-    # (a sign step, as in L∞ PGD, can flip on a float difference and amplify it)
+    # (a sign step, as in L∞ PGD, can flip on a float difference and amplify it). BatchNorm's
+    # running statistics are means of activations of the last layers, where that noise has
+    # passed through the whole network: one thread per process on two ranks against one
+    # process measured 2.9e-4 (2.7e-3 relative) on a running mean after one epoch.
     for name in a:
-        torch.testing.assert_close(a[name].float(), b[name].float(), rtol=1e-3, atol=1e-4,
+        statistics = name.endswith(("running_mean", "running_var"))
+        rtol, atol = (1e-2, 1e-3) if statistics else (1e-3, 1e-4)
+        torch.testing.assert_close(a[name].float(), b[name].float(), rtol=rtol, atol=atol,
                                    msg=lambda m, name=name: f"{name}: {m}")
 
 

@@ -196,10 +196,6 @@ def validate_sizes(config: TrainConfig) -> None:
         if value is not None and value < 1:
             raise RobevalError(f"{option} {value} selects no images: give a positive count "
                                "or leave it out to use them all")
-    if data.train_subset is not None and data.train_subset < config.optim.batch_size:
-        raise RobevalError(f"--train-subset {data.train_subset} is smaller than --batch-size "
-                           f"{config.optim.batch_size}, so no full batch trains: raise the subset "
-                           "or lower --batch-size")
     if data.val_size < 0:
         raise RobevalError(f"--val-size {data.val_size} is negative: use 0 (no validation split) or more")
     if config.diagnostics_batch < 0:

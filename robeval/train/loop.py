@@ -317,6 +317,10 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     device = rank_device(resolve_device(config.device), world)
     torch.manual_seed(config.seed)
     data = load_data(config.data, device)
+    if len(data.train) < config.optim.batch_size:
+        raise RobevalError(f"{len(data.train)} training images are fewer than --batch-size "
+                           f"{config.optim.batch_size}, so no full batch would train: raise "
+                           "--train-subset or lower --batch-size")
     network = model_for(config, data.info).to(device)
     if config.sync_bn and world.distributed:
         network = sync_batchnorm(network, device)
