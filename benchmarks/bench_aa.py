@@ -100,6 +100,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-only", action="store_true", help="train the missing zoo models, then stop")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="only the models whose `aa` side is already complete in the cache")
     parser.add_argument("--reference-only", action="store_true",
                         help="fill the cache with the `aa` side (e.g. in the background), then stop")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -183,6 +185,16 @@ def run_side(source: ModelSource, suite: str, n: int, args, store: ResultsStore,
     return result.summary, store.per_sample(result.run_id)
 
 
+def reference_cached(store: ResultsStore, source: ModelSource, n: int) -> bool:
+    """Whether the store holds a finished `aa` run of this model on n images."""
+    runs = store.runs()
+    if runs.empty:
+        return False
+    done = runs[(runs["checkpoint_hash"] == source.checkpoint_hash) & (runs["n"] == n)
+                & (runs["status"] == "finished")]
+    return any(list(attacks) == [REFERENCE_SUITE] for attacks in done["attacks"])
+
+
 def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
     """Both sides on one model and what they add up to."""
     print(f"{source.name}: {REFERENCE_SUITE} on {n} images (resumed from the store if done)", flush=True)
@@ -245,6 +257,8 @@ def main(argv=None) -> str:
                 print(f"{source.name}: {REFERENCE_SUITE} {summary.loc['worst case', 'accuracy']:.3f} "
                       f"on {n} images", flush=True)
             return ""
+        if args.cached_only:
+            sources = [(source, n) for source, n in sources if reference_cached(store, source, n)]
         rows = [compare(source, n, args, store) for source, n in sources]
     body = report(rows, args, device)
     print(body)
