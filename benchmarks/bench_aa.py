@@ -155,6 +155,8 @@ def zoo_sources(args, device: torch.device) -> list[tuple[ModelSource, int]]:
             raise SystemExit(f"unknown zoo model {sorted(unknown)[0]!r}; known: {', '.join(sorted(known))}")
     wanted = [m for m in chosen if names is None or m.name in names
               or (m.name == MASKED_BASE and MASKED_NAME in names)]
+    if args.cached_only:  # nothing is trained: a model not trained yet has no cached `aa` side
+        wanted = [m for m in wanted if trained(Path(args.cache) / "zoo" / m.name, m.epochs)]
     folders = {m.name: ensure_trained(m, args, device) for m in wanted}
     if args.train_only:
         return []
