@@ -239,8 +239,12 @@ def report(rows: list[dict], args, device: torch.device) -> str:
             f"{100 * r['fast']:.1f}% | {aa_passes:.0f} ({r['aa_fwd']:.0f}+{r['aa_bwd']:.0f}) | "
             f"{fast_passes:.0f} ({r['fast_fwd']:.0f}+{r['fast_bwd']:.0f}) | {ratio:.1f}× | "
             f"{r['aa_s']:.0f} | {r['fast_s']:.0f} | {r['missed']} | {r['extra']} |")
-    lines += ["", f"`python benchmarks/bench_aa.py --fast-suite {args.fast_suite}"
-              f"{' --quick' if args.quick else ''} --device {device.type}`; the zoo's training "
+    flags = "".join(f" --{flag}" for flag in ("quick", "cached-only")
+                    if getattr(args, flag.replace("-", "_")))
+    lines += ["", f"`python benchmarks/bench_aa.py --fast-suite '{args.fast_suite}'{flags} "
+              f"--device {device.type}`"
+              f"{' (models whose `aa` side is not complete yet are left out)' if args.cached_only else ''}"
+              "; the zoo's training "
               "commands are `train_command` in the script; the planted masked model is "
               f"{MASKED_BASE} behind 8-bit input quantisation with a zero input gradient."]
     return "\n".join(lines)
