@@ -218,7 +218,7 @@ def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
 def report(rows: list[dict], args, device: torch.device) -> str:
     """The BENCHMARKS.md section: one row per model."""
     lines = [
-        f"### Stock AutoAttack against `{args.fast_suite}` on the zoo ({device_label(device)})",
+        f"## Stock AutoAttack against `{args.fast_suite}` on the zoo ({device_label(device)})",
         "",
         f"L∞, ε = 8/255, first n cifar10-mini test images, seed {args.seed}; `aa` is pyautoattack's "
         "standard version. Passes are image-passes through the model per test image (forward + "
