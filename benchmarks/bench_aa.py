@@ -100,6 +100,8 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-only", action="store_true", help="train the missing zoo models, then stop")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="only the models whose `aa` side is already complete in the cache")
     parser.add_argument("--reference-only", action="store_true",
                         help="fill the cache with the `aa` side (e.g. in the background), then stop")
     parser.add_argument("--no-write", action="store_true", help="print only")
@@ -153,6 +155,8 @@ def zoo_sources(args, device: torch.device) -> list[tuple[ModelSource, int]]:
             raise SystemExit(f"unknown zoo model {sorted(unknown)[0]!r}; known: {', '.join(sorted(known))}")
     wanted = [m for m in chosen if names is None or m.name in names
               or (m.name == MASKED_BASE and MASKED_NAME in names)]
+    if args.cached_only:  # nothing is trained: a model not trained yet has no cached `aa` side
+        wanted = [m for m in wanted if trained(Path(args.cache) / "zoo" / m.name, m.epochs)]
     folders = {m.name: ensure_trained(m, args, device) for m in wanted}
     if args.train_only:
         return []
@@ -183,6 +187,16 @@ def run_side(source: ModelSource, suite: str, n: int, args, store: ResultsStore,
     return result.summary, store.per_sample(result.run_id)
 
 
+def reference_cached(store: ResultsStore, source: ModelSource, n: int) -> bool:
+    """Whether the store holds a finished `aa` run of this model on n images."""
+    runs = store.runs()
+    if runs.empty:
+        return False
+    done = runs[(runs["checkpoint_hash"] == source.checkpoint_hash) & (runs["n"] == n)
+                & (runs["status"] == "finished")]
+    return any(list(attacks) == [REFERENCE_SUITE] for attacks in done["attacks"])
+
+
 def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
     """Both sides on one model and what they add up to."""
     print(f"{source.name}: {REFERENCE_SUITE} on {n} images (resumed from the store if done)", flush=True)
@@ -204,7 +218,7 @@ def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
 def report(rows: list[dict], args, device: torch.device) -> str:
     """The BENCHMARKS.md section: one row per model."""
     lines = [
-        f"### Stock AutoAttack against `{args.fast_suite}` on the zoo ({device_label(device)})",
+        f"## Stock AutoAttack against `{args.fast_suite}` on the zoo ({device_label(device)})",
         "",
         f"L∞, ε = 8/255, first n cifar10-mini test images, seed {args.seed}; `aa` is pyautoattack's "
         "standard version. Passes are image-passes through the model per test image (forward + "
@@ -225,8 +239,12 @@ def report(rows: list[dict], args, device: torch.device) -> str:
             f"{100 * r['fast']:.1f}% | {aa_passes:.0f} ({r['aa_fwd']:.0f}+{r['aa_bwd']:.0f}) | "
             f"{fast_passes:.0f} ({r['fast_fwd']:.0f}+{r['fast_bwd']:.0f}) | {ratio:.1f}× | "
             f"{r['aa_s']:.0f} | {r['fast_s']:.0f} | {r['missed']} | {r['extra']} |")
-    lines += ["", f"`python benchmarks/bench_aa.py --fast-suite {args.fast_suite}"
-              f"{' --quick' if args.quick else ''} --device {device.type}`; the zoo's training "
+    flags = "".join(f" --{flag}" for flag in ("quick", "cached-only")
+                    if getattr(args, flag.replace("-", "_")))
+    lines += ["", f"`python benchmarks/bench_aa.py --fast-suite '{args.fast_suite}'{flags} "
+              f"--device {device.type}`"
+              f"{' (models whose `aa` side is not complete yet are left out)' if args.cached_only else ''}"
+              "; the zoo's training "
               "commands are `train_command` in the script; the planted masked model is "
               f"{MASKED_BASE} behind 8-bit input quantisation with a zero input gradient."]
     return "\n".join(lines)
@@ -245,6 +263,8 @@ def main(argv=None) -> str:
                 print(f"{source.name}: {REFERENCE_SUITE} {summary.loc['worst case', 'accuracy']:.3f} "
                       f"on {n} images", flush=True)
             return ""
+        if args.cached_only:
+            sources = [(source, n) for source, n in sources if reference_cached(store, source, n)]
         rows = [compare(source, n, args, store) for source, n in sources]
     body = report(rows, args, device)
     print(body)
