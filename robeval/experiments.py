@@ -351,10 +351,15 @@ def spec_setting(experiment: Experiment, spec: dict, what: str) -> str:
     """The one setting (see `setting_key`) whose grid values include `spec`; one-line error otherwise.
 
     Grid groups are searched before duplicates are removed, so {adversary.bn_mode: eval} finds the
-    baseline even when another group's cell trained it under another name.
+    baseline even when another group's cell trained it under another name. Where several settings
+    match, the one whose grid values are exactly `spec` wins ({model.activation: relu} beside a
+    group {model.activation: [relu], model.smooth_grad: [both]}).
     """
-    found = {setting_key(cell) for cell in itertools.chain.from_iterable(grid_groups(experiment))
-             if _matches(cell, spec)}
+    matching = [cell for cell in itertools.chain.from_iterable(grid_groups(experiment)) if _matches(cell, spec)]
+    found = {setting_key(cell) for cell in matching}
+    exact = {setting_key(cell) for cell in matching if len(cell.overrides) == len(spec)}
+    if len(found) > 1 and len(exact) == 1:
+        found = exact
     if len(found) != 1:
         problem = "matches no cell of the grid" if not found else (
             f"matches {len(found)} different settings; name more grid keys")
