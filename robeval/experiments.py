@@ -355,7 +355,8 @@ def spec_setting(experiment: Experiment, spec: dict, what: str) -> str:
     match, the one whose grid values are exactly `spec` wins ({model.activation: relu} beside a
     group {model.activation: [relu], model.smooth_grad: [both]}).
     """
-    matching = [cell for cell in itertools.chain.from_iterable(grid_groups(experiment)) if _matches(cell, spec)]
+    every = itertools.chain.from_iterable(grid_groups(experiment))
+    matching = [cell for cell in every if _matches(cell, spec)]
     found = {setting_key(cell) for cell in matching}
     exact = {setting_key(cell) for cell in matching if len(cell.overrides) == len(spec)}
     if len(found) > 1 and len(exact) == 1:

@@ -97,9 +97,10 @@ def test_parse_findings_checks_its_input():
     parsed = fd.parse_findings([{"claim": "c", "better": {"a.b": 1}, "worse": {"a.b": 2}, "metric": "pgd10",
                                  "paper_metric": "aa"}], "x.yaml")
     assert parsed[0].metric == "pgd10" and parsed[0].paper_metric == "aa" and parsed[0].expect == "higher"
+    pair = {"claim": "c", "better": {"a.b": 1}, "worse": {"a.b": 2}}
     for bad, match in (([{"claim": "c", "better": {"a.b": 1}}], "needs 'worse'"),
-                       ([{"claim": "c", "better": {"a.b": 1}, "worse": {"a.b": 2}, "expect": "same"}], "margin"),
-                       ([{"claim": "c", "better": {"a.b": 1}, "worse": {"a.b": 2}, "colour": 1}], "unknown key"),
+                       ([{**pair, "expect": "same"}], "margin"),
+                       ([{**pair, "colour": 1}], "unknown key"),
                        ({"claim": "c"}, "must be a list")):
         with pytest.raises(RobevalError, match=match) as info:
             fd.parse_findings(bad, "x.yaml")
