@@ -19,7 +19,7 @@ An experiment file describes a study end to end::
         t1: {file: sat-smooth-adversarial-training.md, caption: "Table 1:",
              metrics: {clean: "Accuracy (%)", robust: "Robustness (%)"}}
       rows:
-        - {cell: {model.activation: relu}, table: t1, at: [ResNet-50], clean: 68.8, robust: 33.0}
+        - {cell: {model.activation: relu}, table: t1, at: [ResNet-50, ✗, ✗], clean: 68.8, robust: 33.0}
         - {cell: {model.activation: silu}, clean: 69.7, robust: 42.3,
            quote: "achieve 42.3% robustness and 69.7% standard accuracy"}
     findings:                         # the paper's claims as comparisons of two cells (robeval.findings)
