@@ -146,6 +146,9 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
             "the interval excludes 0 in the paper's direction (for a claim of no change: lies inside "
             "the stated margin), *contradicted* when it excludes 0 the other way (lies wholly "
             "outside the margin), else *inconclusive at this scale*. See robeval/findings.py.", "",
+            "The runs come from `robeval run <study> --data-dir <cifar10-mini folder>` for each study "
+            "below; `robeval run` continues where it stopped, so running it again fills the missing "
+            "cells and seeds, and this file is then regenerated with the command above.", "",
             f"Findings: {len(verdicts)}; " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
     text = "\n".join(head + sections).rstrip("\n") + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
