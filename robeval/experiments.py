@@ -19,7 +19,7 @@ An experiment file describes a study end to end::
         t1: {file: sat-smooth-adversarial-training.md, caption: "Table 1:",
              metrics: {clean: "Accuracy (%)", robust: "Robustness (%)"}}
       rows:
-        - {cell: {model.activation: relu}, table: t1, at: [ResNet-50], clean: 68.8, robust: 33.0}
+        - {cell: {model.activation: relu}, table: t1, at: [ResNet-50, ✗, ✗], clean: 68.8, robust: 33.0}
         - {cell: {model.activation: silu}, clean: 69.7, robust: 42.3,
            quote: "achieve 42.3% robustness and 69.7% standard accuracy"}
     findings:                         # the paper's claims as comparisons of two cells (robeval.findings)
@@ -378,10 +378,16 @@ def spec_setting(experiment: Experiment, spec: dict, what: str) -> str:
     """The one setting (see `setting_key`) whose grid values include `spec`; one-line error otherwise.
 
     Grid groups are searched before duplicates are removed, so {adversary.bn_mode: eval} finds the
-    baseline even when another group's cell trained it under another name.
+    baseline even when another group's cell trained it under another name. Where several settings
+    match, the one whose grid values are exactly `spec` wins ({model.activation: relu} beside a
+    group {model.activation: [relu], model.smooth_grad: [both]}).
     """
-    found = {setting_key(cell) for cell in itertools.chain.from_iterable(grid_groups(experiment))
-             if _matches(cell, spec)}
+    every = itertools.chain.from_iterable(grid_groups(experiment))
+    matching = [cell for cell in every if _matches(cell, spec)]
+    found = {setting_key(cell) for cell in matching}
+    exact = {setting_key(cell) for cell in matching if len(cell.overrides) == len(spec)}
+    if len(found) > 1 and len(exact) == 1:
+        found = exact
     if len(found) != 1:
         problem = "matches no cell of the grid" if not found else (
             f"matches {len(found)} different settings; name more grid keys")

@@ -25,7 +25,8 @@ twice. Ours is measured on the cells' evaluations:
   the image term is unpaired: p_b(1 − p_b)/n_b + p_w(1 − p_w)/n_w, with p the accuracies
   averaged over seeds.
 * The 95% interval is Δ ± t·SE with t the Student quantile at k − 1 degrees of freedom (4.30 at
-  three seeds: few seeds make wide intervals, on purpose).
+  three seeds: few seeds make wide intervals, on purpose). With one seed only the image term
+  is known, the interval is Δ ± 1.96·SE and says nothing about seed-to-seed spread.
 
 Verdict rule (`verdict`):
 
@@ -165,7 +166,8 @@ def measure(finding: Finding, better: Mapping[int, pd.Series], worse: Mapping[in
         n = min(n_b, n_w)
         image_var = 1e4 * (p_b * (1 - p_b) / n_b + p_w * (1 - p_w) / n_w)
     seed_var = _variance(per_seed) / len(seeds) if len(seeds) > 1 else 0.0
-    half = t_quantile(max(len(seeds) - 1, 1)) * math.sqrt(seed_var + image_var)
+    quantile = t_quantile(len(seeds) - 1) if len(seeds) > 1 else 1.96
+    half = quantile * math.sqrt(seed_var + image_var)
     low, high = delta - half, delta + half
     return Measured(delta, low, high, seeds, n, paired,
                     verdict(low, high, len(seeds), finding.expect, finding.margin))

@@ -1,0 +1,185 @@
+"""docs/reproduction.md: the papers' numbers, ours and a verdict per finding, from the results stores.
+
+    python -m robeval.reproduction --root . --data-dir ../shared/data/cifar10-mini --out docs/reproduction.md
+
+reads every `-mini` study file (or the studies named), finds each cell's finished training and
+evaluation under `--root` (checkpoints/<study>/<cell> and reports/<study>/robeval.sqlite, as
+`robeval run` writes them), and writes one Markdown file: per study, what differs from the
+paper, which cells and seeds are missing, the published rows beside ours and the findings
+with their verdicts (rule: robeval.findings). Nothing is trained or evaluated here, and a cell
+whose training or evaluation has not finished contributes no number. Figures of per-epoch
+gradient diagnostics are written next to the file for studies whose runs record them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from robeval import experiments as ex
+from robeval.checkpoints import atomic_write_text, read_jsonl
+from robeval.errors import RobevalError
+from robeval.findings import INCONCLUSIVE, REPRODUCED
+from robeval.results import ResultsStore
+
+EXCLUDED = ("regress-mini",)
+
+
+def mini_studies() -> list[Path]:
+    """The shipped `-mini` study files (the regression check's file excluded)."""
+    folder = Path(ex.__file__).resolve().parents[1] / "experiments"
+    return [p for p in sorted(folder.glob("*-mini.yaml")) if p.stem not in EXCLUDED]
+
+
+def finished_cells(experiment: ex.Experiment, root: Path) -> tuple[list[ex.CellResult], list[str]]:
+    """Cells whose training and evaluation finished (with their run ids), and the others' names."""
+    store_path = ex.report_dir(experiment, root) / ex.STORE_NAME
+    done, missing = [], []
+    store = ResultsStore(store_path) if store_path.is_file() else None
+    try:
+        for cell in ex.cells(experiment):
+            folder = ex.run_dir(experiment, cell, root)
+            run_id, status = None, None
+            if store is not None and ex.training_finished(folder, cell.config):
+                run_id, status = ex.find_evaluation(experiment, cell, root, store)
+            if status == "finished":
+                done.append(ex.CellResult(cell, "done", run_id))
+            else:
+                missing.append(f"{cell.name} ({ex.cell_status(experiment, cell, root)})")
+    finally:
+        if store is not None:
+            store.close()
+    return done, missing
+
+
+def _training_seconds(experiment: ex.Experiment, results: list[ex.CellResult], root: Path) -> float:
+    total = 0.0
+    for result in results:
+        history = ex.run_dir(experiment, result.cell, root) / "history.jsonl"
+        total += sum(float(row.get("time", 0.0)) for row in read_jsonl(history)) if history.is_file() else 0.0
+    return total
+
+
+def _figure(experiment: ex.Experiment, results: list[ex.CellResult], root: Path, out: Path) -> str:
+    """The per-epoch R(x, δ) and ‖∇ₓL‖₁ figure of the study's runs, if they record diagnostics."""
+    from robeval.report import figures
+
+    histories = {}
+    for result in results:
+        rows = read_jsonl(ex.run_dir(experiment, result.cell, root) / "history.jsonl")
+        histories[result.cell.name] = (result.cell.config.model.activation, rows)
+    try:
+        figure = figures.gradient_quality_curves(histories)
+    except RobevalError:
+        return ""
+    name = f"{experiment.name}-gradient-quality.png"
+    out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out / name, dpi=120, metadata={"Software": None})
+    lines = [f"![R(x, δ_FGSM) and ‖∇ₓL‖₁ per epoch]({out.name}/{name})", "",
+             "*Linearisation error R(x, δ_FGSM) and input-gradient norm ‖∇ₓL‖₁ per epoch on a fixed batch "
+             "of training images, one line per finished run; a cross marks an epoch flagged as "
+             "catastrophic overfitting.*", "", "| run | epochs | R first → last | ‖∇ₓL‖₁ first → last | "
+             "PGD-10 acc. on the batch, best → last | flagged |", "|:--|--:|--:|--:|--:|:--|"]
+    for label, (_, rows) in histories.items():
+        if not rows or "diag_R_fgsm_mean" not in rows[0]:
+            continue
+        pgd = [row["diag_pgd10_acc"] for row in rows]
+        flagged = [str(row["epoch"]) for row in rows if row.get("collapse")]
+        first, last = rows[0], rows[-1]
+        r_first, r_last = first["diag_R_fgsm_mean"], last["diag_R_fgsm_mean"]
+        lines.append(f"| {label} | {len(rows)} | {r_first:.4f} → {r_last:.4f} | "
+                     f"{first['diag_grad_l1_mean']:.2f} → {last['diag_grad_l1_mean']:.2f} | "
+                     f"{100 * max(pgd):.1f} → {100 * pgd[-1]:.1f} | {', '.join(flagged) or 'no'} |")
+    return "\n".join(lines)
+
+
+def study_section(path: Path, root: Path, data_dir: str | None,
+                  figures_dir: Path) -> tuple[str, list[str], tuple[int, int]]:
+    """One study's Markdown, the verdicts of its findings and (finished, all) training runs."""
+    from robeval.report import tables
+
+    experiment = ex.load_experiment(path, data_dir=data_dir)
+    results, missing = finished_cells(experiment, root)
+    seeds = sorted({r.cell.seed for r in results})
+    paper = experiment.paper or {}
+    seconds = _training_seconds(experiment, results, root)
+    lines = [f"## {experiment.name}", "", experiment.description, "",
+             f"- **source**: {' '.join(str(paper.get('source', 'not given')).split())}",
+             f"- **what differs**: {' '.join(str(paper.get('note', '')).split())}",
+             f"- **cells finished**: {len(results)} of {len(results) + len(missing)} "
+             f"(seeds {', '.join(map(str, seeds)) or 'none'}); training time {seconds:.0f} s "
+             "summed over finished runs (wall clock on a shared CPU)"]
+    if missing:
+        lines.append(f"- **missing** (no number shown for these): {'; '.join(missing)}")
+    lines.append("")
+    verdicts = []
+    measured = {}
+    if results:
+        store_path = ex.report_dir(experiment, root) / ex.STORE_NAME
+        with ResultsStore(store_path) as store:
+            measured = ex.measurements(results, store)
+    for table in ex.study_tables(experiment, measured):
+        lines += [f"### {table.title}", "", tables.to_markdown(table), "", f"*{table.notes}*", ""]
+    if experiment.findings:
+        verdicts = [row["measured"].verdict for row in ex.finding_rows(experiment, measured)]
+    figure = _figure(experiment, results, root, figures_dir) if results else ""
+    if figure:
+        lines += ["### Gradient quality per epoch", "", figure, ""]
+    return "\n".join(lines), verdicts, (len(results), len(results) + len(missing))
+
+
+def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, command: str) -> str:
+    """The whole document (also written to `out`)."""
+    sections, verdicts, finished, total = [], [], 0, 0
+    for path in paths:
+        text, found, (done, cells) = study_section(path, root, data_dir, out.parent / out.stem)
+        sections.append(text)
+        verdicts += found
+        finished, total = finished + done, total + cells
+    counts = {v: verdicts.count(v) for v in dict.fromkeys([REPRODUCED, "contradicted", INCONCLUSIVE])}
+    head = ["# Reproduction at mini scale", "",
+            f"Generated by `{command}` from the results stores; do not edit by hand.", "",
+            "Each `-mini` study trains small CNNs on cifar10-mini (the first 5085 CIFAR-10 training "
+            "images, evaluated on the first test images) on a CPU, so the levels are far below the "
+            "papers'; what can carry over is the direction of each finding. Each finding compares two "
+            "cells: ours is the mean over seeds of the per-seed difference, with a 95% interval from "
+            "the seed spread and the paired per-image differences; the verdict is *reproduced* when "
+            "the interval excludes 0 in the paper's direction (for a claim of no change: lies inside "
+            "the stated margin), *contradicted* when it excludes 0 the other way (lies wholly "
+            "outside the margin), else *inconclusive at this scale*. See robeval/findings.py.", "",
+            "The runs come from `robeval run <study> --data-dir <cifar10-mini folder>` for each study "
+            "below; `robeval run` continues where it stopped, so running it again fills the missing "
+            "cells and seeds, and this file is then regenerated with the command above.", "",
+            f"Runs finished (trained and evaluated): {finished} of {total}; each study lists the "
+            "ones missing.", "",
+            f"Findings: {len(verdicts)}; " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
+    text = "\n".join(head + sections).rstrip("\n") + "\n"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(prog="python -m robeval.reproduction",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("studies", nargs="*", help="study files or names (default: every -mini study)")
+    parser.add_argument("--root", default=".", help="folder holding checkpoints/ and reports/")
+    parser.add_argument("--data-dir", default=None, help="the data folder the runs were given")
+    parser.add_argument("--out", default="docs/reproduction.md")
+    args = parser.parse_args(argv)
+    paths = [ex.find_experiment(s) for s in args.studies] or mini_studies()
+    options = ([f"--root {args.root}"] if args.root != "." else []) + (
+        [f"--data-dir {args.data_dir}"] if args.data_dir else []) + [f"--out {args.out}"]
+    command = "python -m robeval.reproduction " + " ".join(options + list(args.studies))
+    try:
+        build(paths, Path(args.root), args.data_dir, Path(args.out), command)
+    except RobevalError as err:
+        print(f"error: {err}")
+        return 2
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
