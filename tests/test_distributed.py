@@ -307,5 +307,5 @@ def test_batch_size_that_does_not_split_over_the_ranks_is_a_clear_error(tmp_path
 
     config = config_from_dict({"optim": {"batch_size": 64}})
     with pytest.raises(RobevalError, match="does not split evenly over 3 ranks"):
-        _open_run(tmp_path / "run", config, False, False, World(rank=0, size=3))
+        _open_run(tmp_path / "run", config, False, False, World(rank=0, size=3), print)
     assert not (tmp_path / "run").exists()
