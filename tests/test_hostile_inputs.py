@@ -324,8 +324,13 @@ def store_copy(work, tmp_path) -> Path:
 
 def main_table_rows(report_md: Path) -> list[str]:
     """The data rows of the first table in report.md."""
-    rows = [line for line in report_md.read_text().splitlines() if line.startswith("|")]
-    return rows[2:] if rows else []
+    rows = []
+    for line in report_md.read_text().splitlines():
+        if line.startswith("|"):
+            rows.append(line)
+        elif rows:
+            break   # the first table ended
+    return rows[2:]
 
 
 def test_unfinished_runs_are_shown_only_on_request_and_marked_in_every_row(work, tmp_path, capsys):
@@ -402,7 +407,9 @@ sys.exit(main(["report", "--db", sys.argv[2], "--out", sys.argv[1]]))
 def whole(path: Path) -> bool:
     """Whether an output file is complete (not empty, not cut short)."""
     data = path.read_bytes()
-    ends = {".png": b"IEND\xaeB`\x82", ".pdf": b"%%EOF\n", ".md": b"\n", ".tex": b"\n"}
+    if path.suffix == ".pdf":   # the trailer, with or without a final line break
+        return data.rstrip(b"\r\n").endswith(b"%%EOF")
+    ends = {".png": b"IEND\xaeB`\x82", ".md": b"\n", ".tex": b"\n"}
     return bool(data) and data.endswith(ends[path.suffix])
 
 
