@@ -76,3 +76,12 @@ def parse_eps(text: str | float) -> float:
     if value < 0:
         raise RobevalError(f"eps={text} is negative; use e.g. 8/255")
     return value
+
+
+def positive_option(name: str, key: str, value: object) -> int:
+    """An attack option's value as a positive integer, or an error naming the option."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RobevalError(f"{name}: option {key}={value} must be a positive integer")
+    return value

@@ -35,7 +35,7 @@ from robeval.attacks.base import ATTACKS, AttackOutcome, ThreatModel, evaluate_e
 from robeval.attacks.losses import cross_entropy, dlr, dlr_targeted
 from robeval.attacks.steps import NORMS, get_norm
 from robeval.errors import RobevalError
-from robeval.spec import format_spec
+from robeval.spec import format_spec, positive_option
 
 MOMENTUM = 0.75          # weight of the new step against the last move (α in the paper)
 RHO = 0.75               # a window whose loss rose in at most ρ of its steps halves the step
@@ -277,15 +277,6 @@ def _cuda_devices(images: Tensor) -> list[int]:
     return [images.device.index or 0] if images.device.type == "cuda" else []
 
 
-def _positive(name: str, key: str, value: object) -> int:
-    """An option value as a positive integer, or an error naming the option."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RobevalError(f"{name}: option {key}={value} must be a positive integer")
-    return value
-
-
 def build(name: str, loss: str, threat: ThreatModel, options: dict) -> APGDAttack:
     """An APGD attack from its spec options, with one-line errors for bad ones."""
     allowed = ["iters", "restarts"] + (["targets", "select"] if loss == "dlr-targeted" else [])
@@ -295,7 +286,7 @@ def build(name: str, loss: str, threat: ThreatModel, options: dict) -> APGDAttac
                            f"(pyautoattack's version: pyautoattack-{name})")
     if threat.norm not in NORMS:
         raise RobevalError(f"{name} supports the norms {', '.join(NORMS.names())}, not {threat.norm!r}")
-    values = {key: _positive(name, key, value) for key, value in options.items() if key != "select"}
+    values = {key: positive_option(name, key, value) for key, value in options.items() if key != "select"}
     select = str(options.get("select", "logits")).lower()
     if select not in SELECTIONS:
         raise RobevalError(f"{name}: select={select} is unknown; choose {' or '.join(SELECTIONS)}")

@@ -83,7 +83,7 @@ from robeval.attacks.base import ATTACKS, AttackOutcome, ThreatModel, evaluate_e
 from robeval.attacks.steps import NORMS
 from robeval.errors import RobevalError
 from robeval.registry import canonical
-from robeval.spec import format_spec
+from robeval.spec import format_spec, positive_option
 
 LOGGER_NAME = "auto-attack"  # the logger pyautoattack writes to
 PYAUTOATTACK_NORMS = {"linf": "Linf", "l2": "L2"}  # robeval norm name -> pyautoattack's
@@ -132,15 +132,6 @@ ENTRIES: dict[str, Entry] = {
 }
 
 
-def _count(name: str, key: str, value: object) -> int:
-    """An option value as a positive integer, or an error naming the option."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RobevalError(f"{name}: option {key}={value} must be a positive integer")
-    return value
-
-
 def resolve_options(name: str, options: dict) -> dict[str, int]:
     """All options of `name` with their values: the given ones over the defaults."""
     entry = ENTRIES[name]
@@ -151,7 +142,7 @@ def resolve_options(name: str, options: dict) -> dict[str, int]:
                            "use its parts, e.g. apgd-ce(iters=20), or aa-fast, for cheaper runs")
     if unknown:
         raise RobevalError(f"{name} has no option {', '.join(unknown)}; options: {', '.join(allowed)}")
-    given = {key: _count(name, key, value) for key, value in options.items()}
+    given = {key: positive_option(name, key, value) for key, value in options.items()}
     return {key: given.get(key, option.default) for key, option in entry.options}
 
 
