@@ -56,6 +56,7 @@ class ZooModel:
     epochs: int
     n: int               # test images on CPU (the first n)
     quick: bool = True   # part of the `--quick` zoo
+    cpu_batch: int = CPU_BATCH   # smaller for slow models, so an interrupted `aa` side loses less
 
 
 ZOO = (
@@ -63,8 +64,8 @@ ZOO = (
     ZooModel("cnn-relu-pgd1", "cnn-small", "relu", "pgd", 15, 200),
     ZooModel("cnn-gelu-std", "cnn-small", "gelu", "standard", 10, 200),
     ZooModel("cnn-gelu-pgd1", "cnn-small", "gelu", "pgd", 15, 200),
-    ZooModel("prn18-relu-std", "preact-resnet18", "relu", "standard", 3, 100, quick=False),
-    ZooModel("prn18-relu-pgd1", "preact-resnet18", "relu", "pgd", 3, 100, quick=False),
+    ZooModel("prn18-relu-std", "preact-resnet18", "relu", "standard", 3, 100, quick=False, cpu_batch=25),
+    ZooModel("prn18-relu-pgd1", "preact-resnet18", "relu", "pgd", 3, 100, quick=False, cpu_batch=25),
 )
 MASKED_BASE = "cnn-relu-pgd1"   # the robust model behind the planted masked one
 MASKED_NAME = f"{MASKED_BASE}-masked"
@@ -177,9 +178,15 @@ def images_for(default: int, args, device: torch.device) -> int:
     return min(n, 200) if args.quick else n
 
 
+def cpu_batch(name: str) -> int:
+    """Images per CPU batch for the zoo model `name` (the masked model takes its base's)."""
+    base = MASKED_BASE if name == MASKED_NAME else name
+    return next((m.cpu_batch for m in ZOO if m.name == base), CPU_BATCH)
+
+
 def run_side(source: ModelSource, suite: str, n: int, args, store: ResultsStore, fresh: bool):
     """One evaluation of `source` under `suite` into `store`: (summary, per-sample frame)."""
-    batch_size = CPU_BATCH if resolve_device(args.device).type == "cpu" else "auto"
+    batch_size = cpu_batch(source.name) if resolve_device(args.device).type == "cpu" else "auto"
     config = EvalConfig(suite=suite, eps=8 / 255, norm="linf", n=n, batch_size=batch_size,
                         seed=args.seed, dataset="cifar10", data_dir=args.data_dir,
                         device=args.device, checks=False)

@@ -61,3 +61,12 @@ def test_zoo_has_standard_and_adversarial_models_of_two_families_and_trains_with
     assert command[1:4] == ["-m", "robeval", "train"] and "--resume" in command
     assert command[command.index("--eps") + 1] == "8/255"
     assert command[command.index("--epochs") + 1] == str(model.epochs)
+
+
+def test_masked_model_is_attacked_in_the_batches_of_its_base_and_unknown_names_in_the_default():
+    base = next(m for m in bench_aa.ZOO if m.name == bench_aa.MASKED_BASE)
+    assert bench_aa.cpu_batch(bench_aa.MASKED_NAME) == base.cpu_batch
+    slow = next(m for m in bench_aa.ZOO if m.arch == "preact-resnet18")
+    assert bench_aa.cpu_batch(slow.name) == slow.cpu_batch < bench_aa.CPU_BATCH
+    assert slow.n % slow.cpu_batch == 0
+    assert bench_aa.cpu_batch("not-in-the-zoo") == bench_aa.CPU_BATCH
