@@ -9,8 +9,10 @@ Missing zoo models are trained into the cache folder with the `robeval train` co
 Both sides run through robeval's evaluation engine into one results store in the cache: stock
 AutoAttack as the suite `aa` (pyautoattack's standard version), the fast side as the suite of
 `--fast-suite`. AutoAttack is slow on CPU, so its runs are resumed from the store (its per-sample
-outcomes, time and passes are those measured when it ran); the fast side is run afresh every
-time. For each model the table gives clean and robust accuracy under both, image-passes per
+outcomes, time and passes are those measured when it ran); the fast side is run afresh for every
+model the run is given. Each model's row is kept in the cache (`ROWS_FILE`) while its checkpoint
+stays the same, so `--models` re-measures some models and the table keeps the others' last rows.
+For each model the table gives clean and robust accuracy under both, image-passes per
 image and time of each, the ratio of passes, and the number of images AutoAttack breaks that
 the fast suite leaves standing. Results go to BENCHMARKS.md.
 
@@ -35,10 +37,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from markdown import device_label, write_section  # noqa: E402
 
+from robeval.checkpoints import atomic_write_text  # noqa: E402
+from robeval.device import resolve_device  # noqa: E402
 from robeval.evaluate import EvalConfig, evaluate  # noqa: E402
 from robeval.results import ResultsStore  # noqa: E402
-from robeval.sources import ModelSource, load_source  # noqa: E402
-from robeval.train import resolve_device  # noqa: E402
+from robeval.sources import ModelSource, file_sha256, load_source  # noqa: E402
 
 EPS = "8/255"
 REFERENCE_SUITE = "aa"
@@ -69,6 +72,7 @@ ZOO = (
 )
 MASKED_BASE = "cnn-relu-pgd1"   # the robust model behind the planted masked one
 MASKED_NAME = f"{MASKED_BASE}-masked"
+ROWS_FILE = "rows.json"         # in the cache: the last measured row of each model, per device and suite
 
 
 class QuantisedZeroGradient(nn.Module):
@@ -140,9 +144,56 @@ def ensure_trained(model: ZooModel, args, device: torch.device) -> Path:
 
 def masked_source(base: ModelSource) -> ModelSource:
     """The planted masked model around `base`, with an identity of its own in the store."""
-    identity = hashlib.sha256(f"{base.checkpoint_hash}:quantised-zero-gradient".encode()).hexdigest()
     model = QuantisedZeroGradient(base.model).eval()
-    return replace(base, model=model, name=MASKED_NAME, checkpoint_hash=identity, path=None)
+    return replace(base, model=model, name=MASKED_NAME, checkpoint_hash=masked_identity(base.checkpoint_hash),
+                   path=None)
+
+
+def masked_identity(base_hash: str) -> str:
+    """The store identity of the masked model around the checkpoint with sha256 `base_hash`."""
+    return hashlib.sha256(f"{base_hash}:quantised-zero-gradient".encode()).hexdigest()
+
+
+def current_identity(name: str, cache: Path) -> str | None:
+    """The identity the zoo model `name` has now in the cache (None while it is not trained)."""
+    base = MASKED_BASE if name == MASKED_NAME else name
+    checkpoint = cache / "zoo" / base / "best.pt"
+    if not checkpoint.is_file():
+        return None
+    digest = file_sha256(checkpoint)
+    return masked_identity(digest) if name == MASKED_NAME else digest
+
+
+def zoo_order(quick: bool) -> list[tuple[str, ZooModel]]:
+    """(name, zoo entry) in table order; the masked model follows its base and shares its entry."""
+    order = []
+    for m in ZOO:
+        if quick and not m.quick:
+            continue
+        order.append((m.name, m))
+        if m.name == MASKED_BASE:
+            order.append((MASKED_NAME, m))
+    return order
+
+
+def merged_rows(rows: list[dict], args, device: torch.device) -> list[dict]:
+    """This run's rows merged into the cache's row file; the table's rows in zoo order.
+
+    A row measured earlier is kept only while it still describes the model in the cache (same
+    checkpoint identity, same image count), so `--models` re-measures some and keeps the rest."""
+    path = Path(args.cache) / ROWS_FILE
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    prefix = f"{device.type}|{args.fast_suite}|"
+    for row in rows:
+        stored[prefix + row["model"]] = row
+    atomic_write_text(path, json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    table = []
+    for name, entry in zoo_order(args.quick):
+        row = stored.get(prefix + name)
+        if row and row["n"] == images_for(entry.n, args, device) \
+                and row["checkpoint_hash"] == current_identity(name, Path(args.cache)):
+            table.append(row)
+    return table
 
 
 def zoo_sources(args, device: torch.device) -> list[tuple[ModelSource, int]]:
@@ -214,12 +265,13 @@ def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
     missed = int((~reference_samples["robust"] & reference_samples["clean_correct"]
                   & fast_samples["robust"]).sum())
     extra = int((reference_samples["robust"] & ~fast_samples["robust"]).sum())
-    return {"model": source.name, "n": n, "clean": reference.loc["clean", "accuracy"],
-            "aa": ref_total["accuracy"], "fast": fast_total["accuracy"],
-            "aa_fwd": ref_total["forward_passes"] / n, "aa_bwd": ref_total["backward_passes"] / n,
-            "fast_fwd": fast_total["forward_passes"] / n, "fast_bwd": fast_total["backward_passes"] / n,
-            "aa_s": ref_total["seconds"], "fast_s": fast_total["seconds"],
-            "missed": missed, "extra": extra}
+    figures = {"clean": reference.loc["clean", "accuracy"],
+               "aa": ref_total["accuracy"], "fast": fast_total["accuracy"],
+               "aa_fwd": ref_total["forward_passes"] / n, "aa_bwd": ref_total["backward_passes"] / n,
+               "fast_fwd": fast_total["forward_passes"] / n, "fast_bwd": fast_total["backward_passes"] / n,
+               "aa_s": ref_total["seconds"], "fast_s": fast_total["seconds"]}
+    return {"model": source.name, "checkpoint_hash": source.checkpoint_hash, "n": n,
+            **{key: float(value) for key, value in figures.items()}, "missed": missed, "extra": extra}
 
 
 def report(rows: list[dict], args, device: torch.device) -> str:
@@ -246,12 +298,11 @@ def report(rows: list[dict], args, device: torch.device) -> str:
             f"{100 * r['fast']:.1f}% | {aa_passes:.0f} ({r['aa_fwd']:.0f}+{r['aa_bwd']:.0f}) | "
             f"{fast_passes:.0f} ({r['fast_fwd']:.0f}+{r['fast_bwd']:.0f}) | {ratio:.1f}× | "
             f"{r['aa_s']:.0f} | {r['fast_s']:.0f} | {r['missed']} | {r['extra']} |")
-    flags = "".join(f" --{flag}" for flag in ("quick", "cached-only")
-                    if getattr(args, flag.replace("-", "_")))
+    flags = "".join(f" --{flag}" for flag in ("quick",) if args.quick)
     lines += ["", f"`python benchmarks/bench_aa.py --fast-suite '{args.fast_suite}'{flags} "
-              f"--device {device.type}`"
-              f"{' (models whose `aa` side is not complete yet are left out)' if args.cached_only else ''}"
-              "; the zoo's training "
+              f"--device {device.type}`; each row is the last measurement of that model, kept in "
+              f"the cache's {ROWS_FILE} (`--models` re-measures the models named and keeps the other rows; "
+              "a model whose `aa` side is not complete yet has no row); the zoo's training "
               "commands are `train_command` in the script; the planted masked model is "
               f"{MASKED_BASE} behind 8-bit input quantisation with a zero input gradient."]
     return "\n".join(lines)
@@ -272,7 +323,7 @@ def main(argv=None) -> str:
             return ""
         if args.cached_only:
             sources = [(source, n) for source, n in sources if reference_cached(store, source, n)]
-        rows = [compare(source, n, args, store) for source, n in sources]
+        rows = merged_rows([compare(source, n, args, store) for source, n in sources], args, device)
     body = report(rows, args, device)
     print(body)
     print(pd.DataFrame(rows).to_string())

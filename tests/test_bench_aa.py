@@ -70,3 +70,37 @@ def test_masked_model_is_attacked_in_the_batches_of_its_base_and_unknown_names_i
     assert bench_aa.cpu_batch(slow.name) == slow.cpu_batch < bench_aa.CPU_BATCH
     assert slow.n % slow.cpu_batch == 0
     assert bench_aa.cpu_batch("not-in-the-zoo") == bench_aa.CPU_BATCH
+
+
+def _row(name: str, identity: str | None, n: int, aa: float) -> dict:
+    return {"model": name, "checkpoint_hash": identity, "n": n, "aa": aa}
+
+
+def test_rows_are_kept_per_model_until_its_checkpoint_changes(tmp_path):
+    from argparse import Namespace
+
+    base = next(m for m in bench_aa.ZOO if m.name == bench_aa.MASKED_BASE)
+    other = next(m for m in bench_aa.ZOO if m.name != base.name and m.quick)
+    for model in (base, other):
+        (tmp_path / "zoo" / model.name).mkdir(parents=True)
+        (tmp_path / "zoo" / model.name / "best.pt").write_bytes(model.name.encode())
+    identity = {name: bench_aa.current_identity(name, tmp_path)
+                for name in (base.name, other.name, bench_aa.MASKED_NAME)}
+    assert identity[bench_aa.MASKED_NAME] == bench_aa.masked_identity(identity[base.name])
+    args = Namespace(cache=str(tmp_path), fast_suite="aa-fast", quick=False, n=None)
+    cpu = torch.device("cpu")
+
+    first = bench_aa.merged_rows([_row(name, identity[name], entry.n, 0.1) for name, entry in
+                                  bench_aa.zoo_order(False) if name in identity], args, cpu)
+    names = [row["model"] for row in first]
+    assert names.index(bench_aa.MASKED_NAME) == names.index(base.name) + 1 and len(names) == 3
+
+    # a later run that measures one model keeps the others' rows
+    again = bench_aa.merged_rows([_row(other.name, identity[other.name], other.n, 0.5)], args, cpu)
+    assert {row["model"]: row["aa"] for row in again}[other.name] == 0.5 and len(again) == 3
+
+    # a retrained base drops its row and the masked model's, never shows the old numbers
+    (tmp_path / "zoo" / base.name / "best.pt").write_bytes(b"retrained")
+    assert [row["model"] for row in bench_aa.merged_rows([], args, cpu)] == [other.name]
+    # rows on another image count are not shown either
+    assert bench_aa.merged_rows([], Namespace(**{**vars(args), "n": other.n + 1}), cpu) == []
