@@ -149,6 +149,11 @@ def masked_source(base: ModelSource) -> ModelSource:
                    path=None)
 
 
+def base_name(name: str) -> str:
+    """The zoo model whose checkpoint and settings `name` uses (the masked model uses its base's)."""
+    return MASKED_BASE if name == MASKED_NAME else name
+
+
 def masked_identity(base_hash: str) -> str:
     """The store identity of the masked model around the checkpoint with sha256 `base_hash`."""
     return hashlib.sha256(f"{base_hash}:quantised-zero-gradient".encode()).hexdigest()
@@ -156,8 +161,7 @@ def masked_identity(base_hash: str) -> str:
 
 def current_identity(name: str, cache: Path) -> str | None:
     """The identity the zoo model `name` has now in the cache (None while it is not trained)."""
-    base = MASKED_BASE if name == MASKED_NAME else name
-    checkpoint = cache / "zoo" / base / "best.pt"
+    checkpoint = cache / "zoo" / base_name(name) / "best.pt"
     if not checkpoint.is_file():
         return None
     digest = file_sha256(checkpoint)
@@ -231,8 +235,7 @@ def images_for(default: int, args, device: torch.device) -> int:
 
 def cpu_batch(name: str) -> int:
     """Images per CPU batch for the zoo model `name` (the masked model takes its base's)."""
-    base = MASKED_BASE if name == MASKED_NAME else name
-    return next((m.cpu_batch for m in ZOO if m.name == base), CPU_BATCH)
+    return next((m.cpu_batch for m in ZOO if m.name == base_name(name)), CPU_BATCH)
 
 
 def run_side(source: ModelSource, suite: str, n: int, args, store: ResultsStore, fresh: bool):
