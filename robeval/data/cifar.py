@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from robeval.data import DATASETS, DatasetEntry, DatasetInfo, ImageTensors
+from robeval.data.contract import check_cifar_arrays
 from robeval.errors import RobevalError
 
 
@@ -162,14 +163,11 @@ def read_batch(path: Path, official: OfficialFile, label_key: bytes,
     try:
         with open(path, "rb") as handle:
             batch = load_batch_pickle(handle)
-        data = np.asarray(batch[b"data"], dtype=np.uint8)
-        labels = np.asarray(batch[label_key], dtype=np.int64)
+        data, labels = batch[b"data"], batch[label_key]
     except Exception as err:
         raise RobevalError(f"data file {path} is truncated or corrupt: {fix}") from err
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) != len(labels):
-        raise RobevalError(f"data file {path} has unexpected shape {data.shape}: {fix}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= classes):
-        raise RobevalError(f"data file {path} has labels outside 0..{classes - 1}: {fix}")
+    check_cifar_arrays(data, labels, classes, path)  # before any cast, which would hide bad values
+    labels = np.asarray(labels, dtype=np.int64)
     if official.size is None and len(data) == official.rows:
         verify_md5(path, official, fix)
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())
