@@ -2,8 +2,10 @@
 
 The model takes images in [0,1] of shape (N, C, H, W) and returns logits; whatever it does
 inside (normalisation, preprocessing, a defence) is part of what is evaluated. It is keyed in
-the results store by its class and a hash of its parameters and buffers, so a different model
-under the same name starts a new run and the same model resumes its own. Without a `store` the
+the results store by its class, a hash of its parameters and buffers and a hash of its outputs
+on a fixed probe batch, so a different model under the same name (or the same weights with
+another plain attribute, such as a temperature) starts a new run and the same model resumes
+its own. Without a `store` the
 results go to a temporary database that disappears with the returned result. The model is
 borrowed: its device, training flags and `requires_grad` flags are put back afterwards.
 """
@@ -16,16 +18,17 @@ import shutil
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from robeval.attacks import ThreatModel, parse_suite
+from robeval.attacks.guard import model_dtype
 from robeval.data import dataset_info
+from robeval.data.contract import check_image_tensors
 from robeval.device import resolve_device
-from robeval.diagnostics.run import Diagnosis, diagnose
+from robeval.diagnostics.run import Diagnosis, diagnose, flag_lines
 from robeval.errors import RobevalError
 from robeval.evaluate import (
     CHECK_IMAGES,
@@ -33,14 +36,15 @@ from robeval.evaluate import (
     EvalConfig,
     EvalResult,
     ResolvedEval,
+    conclude,
     evaluate,
-    evaluate_batch,
+    guarded,
     open_evaluation,
     prepare_model,
-    run_cheap_checks,
+    run_batches,
 )
 from robeval.results import ResultsStore
-from robeval.sources import ModelSource, module_fingerprint
+from robeval.sources import ModelSource, module_fingerprint, probe_fingerprint
 from robeval.spec import parse_eps
 
 DEFAULT_SUITE = EvalConfig.suite
@@ -66,7 +70,9 @@ def evaluate_model(model: nn.Module, *, eps: float | str, suite: str = DEFAULT_S
                         mode=mode, dataset=dataset, data_dir=None if data_dir is None else str(data_dir),
                         device=device, checks=checks)
     with borrowed(model):
-        return evaluate(source, config, open_store(store), fresh=fresh, progress=progress, log=log)
+        result = evaluate(source, config, open_store(store), fresh=fresh, progress=progress, log=log)
+    print_flags(result, log)
+    return result
 
 
 def diagnose_model(model: nn.Module, *, eps: float | str, dataset: str = "cifar10",
@@ -85,15 +91,19 @@ def diagnose_model(model: nn.Module, *, eps: float | str, dataset: str = "cifar1
     config = EvalConfig(eps=eps, norm=norm, n=n, seed=seed, dataset=dataset,
                         data_dir=None if data_dir is None else str(data_dir), device=device)
     with borrowed(model):
-        return diagnose(source, config, None if store is None else open_store(store), checks=checks,
-                        pgd_steps=pgd_steps, log=log)
+        diagnosis = diagnose(source, config, None if store is None else open_store(store), checks=checks,
+                             pgd_steps=pgd_steps, log=log)
+    for line in flag_lines(diagnosis.checks):
+        log(line)
+    return diagnosis
 
 
 def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | str,
                    suite: str = DEFAULT_SUITE, norm: str = "linf", seed: int = 0,
                    mode: str = "cascade", batch_size: int = 256, device: str = "auto",
                    checks: bool = False, store: ResultsStore | str | Path | None = None,
-                   name: str | None = None, fresh: bool = False) -> EvalResult:
+                   name: str | None = None, fresh: bool = False,
+                   log: Callable[[str], None] = print) -> EvalResult:
     """Attack `model` on your own `images` (float, in [0,1], N×C×H×W) and integer `labels`.
 
     The same engine and result as `evaluate_model`, batch by batch; the run is keyed by the
@@ -113,29 +123,30 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     classes = output_classes(model, images[:1])
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
         raise RobevalError(f"labels must lie in 0..{classes - 1}: the model outputs {classes} classes")
+    outputs = probe_fingerprint(model, tuple(images.shape[1:]))
     source = ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
-                         num_classes=classes, eps=eps, norm=plan.norm, config=module_config(model))
+                         num_classes=classes, eps=eps, norm=plan.norm, config=module_config(model, outputs),
+                         probe_fingerprint=outputs)
     attacks = parse_suite(suite, ThreatModel(eps, plan.norm))
     store = open_store(store)
     with borrowed(model):
         device_ = resolve_device(device)
-        prepared = prepare_model(model, device_)
+        prepared = guarded(prepare_model(model, device_), source)
         x, y = images.to(device_), labels.to(device_)
         run_id, size, todo, n_done = open_evaluation(
             source, config, plan, [attack.spec for attack in attacks], store, prepared, x, y, device_,
             fresh, lambda _: None)
-        chunk = size
-        for batch in todo:
-            start = batch * size
-            *outcomes, chunk = evaluate_batch(prepared, attacks, x[start:start + size],
-                                              y[start:start + size], start, batch, plan, chunk)
-            store.write_batch(run_id, batch, *outcomes)
-        found = []
-        if checks:
-            found = run_cheap_checks(prepared, x[:CHECK_IMAGES], y[:CHECK_IMAGES], plan)
-            store.set_notes(run_id, {"checks": {check.name: asdict(check) for check in found}})
-    store.finish_run(run_id)
-    return EvalResult(run_id, store, store.summary(run_id), n_done, found)
+        run_batches(prepared, attacks, x, y, plan, store, run_id, size, todo, n_done)
+        result = conclude(prepared, store, run_id, x[:CHECK_IMAGES], y[:CHECK_IMAGES], plan, checks,
+                          n_done, log)
+    print_flags(result, log)
+    return result
+
+
+def print_flags(result: EvalResult, log: Callable[[str], None] = print) -> None:
+    """The masking flags and the engine's notes, one line each, as `robeval attack` prints them."""
+    for line in result.flag_lines() + result.note_lines():
+        log(line)
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -150,21 +161,29 @@ def python_source(model: nn.Module, name: str | None, dataset: str, eps: float, 
     if classes != info.num_classes:
         raise RobevalError(f"{name or class_name(model)} outputs {classes} classes but {info.name} has "
                            f"{info.num_classes}: pass the dataset it was trained on")
+    outputs = probe_fingerprint(model, tuple(probe.shape[1:]))
     return ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
                        num_classes=classes, dataset=info.name, eps=eps, norm=norm.lower(),
-                       config=module_config(model))
+                       config=module_config(model, outputs), probe_fingerprint=outputs)
 
 
 def output_classes(model: nn.Module, probe: Tensor) -> int:
-    """The width of the model's output on `probe` (eval mode, on the model's device)."""
-    with borrowed(model), torch.no_grad():
+    """The width of the model's output on `probe` (eval mode, on the model's device and in its
+    dtype, the global RNG untouched)."""
+    with borrowed(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
         model.eval()
         try:
-            outputs = model(probe.to(module_device(model)))
+            outputs = model(probe.to(module_device(model), model_dtype(model), copy=True))
         except Exception as err:
             raise RobevalError(f"{class_name(model)} failed on a {tuple(probe.shape)} batch of images "
                                f"({type(err).__name__}: {err}): it must take N×C×H×W images in "
                                "[0,1]") from err
+    if not isinstance(outputs, Tensor):
+        raise RobevalError(f"{class_name(model)} returned a {type(outputs).__name__}, not a tensor of "
+                           "logits: make forward return one tensor of shape (N, classes)")
+    if not outputs.is_floating_point():
+        raise RobevalError(f"{class_name(model)} returned {outputs.dtype} outputs: logits must be "
+                           "floating point (return the scores before argmax)")
     if outputs.ndim != 2:
         raise RobevalError(f"{class_name(model)} returned shape {tuple(outputs.shape)}: it must return "
                            "logits of shape (N, classes)")
@@ -176,9 +195,11 @@ def class_name(model: nn.Module) -> str:
     return f"{type(model).__module__}.{type(model).__qualname__}"
 
 
-def module_config(model: nn.Module) -> dict:
-    """Provenance of an in-memory module: its class and fingerprint."""
-    return {"class": class_name(model), "fingerprint": module_fingerprint(model)}
+def module_config(model: nn.Module, outputs: str | None = None) -> dict:
+    """Provenance of an in-memory module: its class, fingerprint and, when given, the fingerprint
+    of its outputs on the probe (`robeval.sources.probe_fingerprint`)."""
+    config = {"class": class_name(model), "fingerprint": module_fingerprint(model)}
+    return config if outputs is None else config | {"outputs": outputs}
 
 
 def module_device(model: nn.Module) -> torch.device:
@@ -205,14 +226,7 @@ def borrowed(model: nn.Module) -> Iterator[None]:
 
 def checked_tensors(images: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Images as float N×C×H×W in [0,1] and labels as int64 (N,), or a one-line error."""
-    if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
-        raise RobevalError("images must be a float tensor of shape (N, C, H, W) with values in [0,1]")
-    if not isinstance(labels, Tensor) or labels.shape != (len(images),) or labels.is_floating_point():
-        raise RobevalError(f"labels must be an integer tensor of shape ({len(images)},), one per image")
-    if len(images) == 0:
-        raise RobevalError("images is empty: pass at least one image")
-    if float(images.min()) < 0 or float(images.max()) > 1:
-        raise RobevalError("images must lie in [0,1]: undo any normalisation (put it inside the model)")
+    check_image_tensors(images, labels)
     return images.detach(), labels.detach().long()
 
 

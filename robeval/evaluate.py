@@ -11,11 +11,12 @@ per-sample outcomes; randomness is seeded per run, batch and attack.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,8 @@ from tqdm.auto import tqdm
 
 from robeval.attacks import NORMS, Attack, ThreatModel, parse_suite
 from robeval.attacks.cost import PassCounter
+from robeval.attacks.guard import GuardedModel, ModelContractError
+from robeval.attacks.verify import Verified, majority_logits, verify
 from robeval.data import dataset_info, load_test_set
 from robeval.device import resolve_device
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
@@ -67,6 +70,15 @@ class EvalResult:
     summary: pd.DataFrame
     batches_resumed: int
     checks: list = field(default_factory=list)   # CheckResults of the cheap masking checks
+    attack_notes: dict = field(default_factory=dict)  # spec -> AttackNotes (gate, verification)
+
+    def note_lines(self) -> list[str]:
+        """What the engine noted about the attacks (gate fired, unconfirmed breaks, ...)."""
+        return [line for spec, notes in self.attack_notes.items() for line in notes.lines(spec)]
+
+    def flag_lines(self) -> list[str]:
+        """One line per raised masking flag, as `robeval attack` prints them."""
+        return [f"FLAG {check.name}: {check.flag}" for check in self.checks if not check.passed]
 
 
 @dataclass(frozen=True)
@@ -179,38 +191,89 @@ def attack_points(attack: Attack, model: nn.Module, images: Tensor, labels: Tens
             chunk //= 2
 
 
-def evaluate_batch(model: nn.Module, attacks: list[Attack], images: Tensor, labels: Tensor,
-                   first_index: int, batch: int, plan: ResolvedEval, chunk: int):
-    """Clean predictions and every attack's per-sample outcome, time and passes for one batch.
+@dataclass
+class BatchOutcome:
+    """Everything one batch adds to the store, and what the engine learnt about the model."""
 
-    Returns (samples, outcome rows, seconds per position, passes per position, clean passes,
-    chunk). Each attack sees the model through a `PassCounter`, so its image-passes are counted
-    whatever it does; the clean classification is counted on its own.
+    samples: list[SampleRow]
+    rows: list[OutcomeRow]
+    seconds: dict[int, float]         # attack time per suite position
+    passes: dict[int, Passes]         # image-passes per suite position
+    clean: Passes                     # image-passes of the clean classification
+    notes: dict[int, dict]            # per position: gate, unconfirmed breaks, projection, majority
+    chunk: int                        # points per attack call that fitted in memory
+    random: bool = False              # verdicts needed the majority of several passes
+
+    def write(self, store: ResultsStore, run_id: int, batch: int) -> None:
+        """Commit the batch to `store`."""
+        store.write_batch(run_id, batch, self.samples, self.rows, self.seconds, self.passes,
+                          self.clean, self.notes)
+
+
+def evaluate_batch(model: GuardedModel, attacks: list[Attack], images: Tensor, labels: Tensor,
+                   first_index: int, batch: int, plan: ResolvedEval, chunk: int,
+                   majority: bool = False) -> BatchOutcome:
+    """Clean predictions and every attack's verified per-sample outcome, time and passes.
+
+    Each attack sees the model through a `PassCounter`, so its image-passes are counted whatever
+    it does; the clean classification is counted on its own. Every outcome is verified by a fresh
+    forward pass (`robeval.attacks.verify`); when that shows the model's outputs to be random,
+    the batch is judged again from the start with majority verdicts (`majority`).
     """
+    outcome = _evaluate_batch(model, attacks, images, labels, first_index, batch, plan, chunk, majority)
+    if outcome is None:
+        outcome = _evaluate_batch(model, attacks, images, labels, first_index, batch, plan, chunk, True)
+    return outcome
+
+
+def _evaluate_batch(model: GuardedModel, attacks: list[Attack], images: Tensor, labels: Tensor,
+                    first_index: int, batch: int, plan: ResolvedEval, chunk: int,
+                    majority: bool) -> BatchOutcome | None:
+    """One try at `evaluate_batch`; None when the outputs proved random and majority was off."""
     counter = PassCounter(model).train(model.training)
+    threat = ThreatModel(plan.eps, plan.norm)
     with torch.no_grad():
-        clean_pred = counter(images).argmax(1)
+        clean_pred = majority_logits(counter, images, labels)[0] if majority else counter(images).argmax(1)
     clean = Passes(*counter.take())
     clean_correct = clean_pred == labels
     still_robust = clean_correct.clone()
     indices = range(first_index, first_index + len(labels))
     samples = [SampleRow(i, int(y), int(p)) for i, y, p in zip(indices, labels.tolist(),
                                                                 clean_pred.tolist(), strict=True)]
-    rows, seconds, passes = [], {}, {}
+    rows, seconds, passes, notes = [], {}, {}, {}
     for position, attack in enumerate(attacks):
         targets = (still_robust if plan.mode == "cascade" else clean_correct).nonzero().flatten()
         started = time.perf_counter()
         results, chunk = attack_points(attack, counter, images[targets], labels[targets],
                                        batch_seed(plan.seed, batch, position), chunk)
+        checked = [verify(counter, result, images[targets[i:i + chunk]], labels[targets[i:i + chunk]],
+                          threat, majority) for i, result in zip(range(0, len(targets), chunk), results,
+                                                                 strict=True)]
+        if any(item.random for item in checked):
+            return None
         if images.device.type == "cuda":
             torch.cuda.synchronize()
         seconds[position] = time.perf_counter() - started
         passes[position] = Passes(*counter.take())
-        rows.extend(outcome_rows(first_index, len(labels), position, targets, results))
-        if results:
-            survived = torch.cat([result.robust for result in results]).to(targets.device)
+        notes[position] = batch_notes(checked, majority)
+        verified = [item.outcome for item in checked]
+        rows.extend(outcome_rows(first_index, len(labels), position, targets, verified))
+        if verified:
+            survived = torch.cat([result.robust for result in verified]).to(targets.device)
             still_robust[targets[~survived]] = False
-    return samples, rows, seconds, passes, clean, chunk
+    return BatchOutcome(samples, rows, seconds, passes, clean, notes, chunk, majority)
+
+
+def batch_notes(checked: list[Verified], majority: bool) -> dict:
+    """What verifying one attack's chunks found, and the gate it ran (JSON-ready)."""
+    notes = {"unconfirmed": sum(item.unconfirmed for item in checked),
+             "projected": sum(item.projected for item in checked), "majority": majority}
+    gates = [item.outcome.notes["gate"] for item in checked if "gate" in item.outcome.notes]
+    if gates:
+        flags = list(dict.fromkeys(flag for gate in gates for flag in gate["flags"]))
+        notes["gate"] = {"points": sum(gate["points"] for gate in gates),
+                         "fired": any(gate["fired"] for gate in gates), "flags": flags}
+    return notes
 
 
 def outcome_rows(first_index: int, size: int, position: int, targets: Tensor,
@@ -262,13 +325,52 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore | None
     if tuple(test.images.shape[1:]) != (info.channels, info.image_size, info.image_size):
         raise RobevalError(f"test images of {plan.dataset} have shape {tuple(test.images.shape[1:])}")
     images, labels = test.images.to(device), test.labels.to(device)
-    model = prepare_model(source.model, device)
+    model = guarded(prepare_model(source.model, device), source)
     specs = [attack.spec for attack in attacks]
     run_id, batch_size, todo, n_done = on_main(
         lambda: open_evaluation(source, config, plan, specs, store, model, images, labels,
                                 device, fresh, log), world)
+    run_batches(model, attacks, images, labels, plan, store, run_id, batch_size, todo, n_done,
+                world=world, progress=progress, scale=255)
+    result = None
+    if world.is_main:
+        result = conclude(model, store, run_id, images[:CHECK_IMAGES].float() / 255, labels[:CHECK_IMAGES],
+                          plan, config.checks, n_done, log)
+    barrier(world)
+    return result or EvalResult(run_id, store, None, n_done)
+
+
+def conclude(model: GuardedModel, store: ResultsStore, run_id: int, check_images: Tensor,
+             check_labels: Tensor, plan: ResolvedEval, checks: bool, n_done: int,
+             log: Callable[[str], None]) -> EvalResult:
+    """After the last batch: the cheap masking checks (if asked), what the engine noticed about
+    the model, the run marked finished, and the result."""
+    found, notes = [], {}
+    if checks:
+        found = run_cheap_checks(model, check_images, check_labels, plan)
+        notes["checks"] = {check.name: asdict(check) for check in found}
+    if model.mutates_input:
+        notes["mutates_input"] = True
+        log(mutation_warning(model.name))
+    if notes:
+        store.set_notes(run_id, notes)
+    store.finish_run(run_id)
+    return EvalResult(run_id, store, store.summary(run_id), n_done, found, store.attack_notes(run_id))
+
+
+def run_batches(model: GuardedModel, attacks: list[Attack], images: Tensor, labels: Tensor,
+                plan: ResolvedEval, store: ResultsStore, run_id: int, batch_size: int, todo: list[int],
+                n_done: int = 0, world: World | None = None, progress: bool = False,
+                scale: float = 1.0) -> None:
+    """The evaluation loop: attack the batches `todo` and commit each to `store` as it finishes.
+
+    `images / scale` are the images in [0,1] (255 for uint8 test sets). Under torchrun the
+    batches are dealt out round-robin and rank 0 writes them. Once a batch shows the model's
+    outputs to be random, every later batch is judged by majority verdicts from the start.
+    """
+    world = world or current()
     n_batches = -(-len(labels) // batch_size)
-    chunk = batch_size
+    chunk, majority = batch_size, False
     bar = tqdm(total=n_batches, initial=n_done, desc="batches", unit="batch",
                disable=not (progress and world.is_main))
     for first in range(0, len(todo), world.size):
@@ -276,25 +378,40 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore | None
         finished = None
         if mine is not None:
             start = mine * batch_size
-            x = images[start:start + batch_size].float() / 255
+            x = images[start:start + batch_size].float() / scale
             y = labels[start:start + batch_size]
-            *outcomes, chunk = evaluate_batch(model, attacks, x, y, start, mine, plan, chunk)
-            finished = (mine, *outcomes)
+            with contract_kept(model.name, mine, start, len(y)):
+                outcome = evaluate_batch(model, attacks, x, y, start, mine, plan, chunk, majority)
+            chunk, majority = outcome.chunk, majority or outcome.random
+            finished = (mine, outcome)
         for batch_result in gather(finished, world) or []:
             if batch_result is not None:
-                store.write_batch(run_id, *batch_result)
+                batch_index, outcome = batch_result
+                outcome.write(store, run_id, batch_index)
                 bar.update()
     bar.close()
-    checks, summary = [], None
-    if world.is_main:
-        if config.checks:
-            checks = run_cheap_checks(model, images[:CHECK_IMAGES].float() / 255,
-                                      labels[:CHECK_IMAGES], plan)
-            store.set_notes(run_id, {"checks": {check.name: asdict(check) for check in checks}})
-        store.finish_run(run_id)
-        summary = store.summary(run_id)
-    barrier(world)
-    return EvalResult(run_id, store, summary, n_done, checks)
+
+
+def guarded(model: nn.Module, source: ModelSource) -> GuardedModel:
+    """The prepared model behind the output contract of `robeval.attacks.guard`."""
+    return GuardedModel(model, source.num_classes, source.name)
+
+
+@contextlib.contextmanager
+def contract_kept(name: str, batch: int, start: int, size: int) -> Iterator[None]:
+    """A breach of the model's output contract in the block, reported as one line naming the
+    batch; nothing of the batch is stored."""
+    try:
+        yield
+    except ModelContractError as err:
+        raise ModelContractError(f"{err} (batch {batch}, test images {start}..{start + size - 1}); "
+                                 f"no result of {name} is shown for this evaluation") from None
+
+
+def mutation_warning(name: str) -> str:
+    """The line that says a model changes its input in place."""
+    return (f"warning: {name} changes its input tensor in place; robeval gave it a private copy on "
+            "every call, so the numbers are those of the function it computes")
 
 
 def open_evaluation(source: ModelSource, config: EvalConfig, plan: ResolvedEval,

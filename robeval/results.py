@@ -13,12 +13,14 @@ Layout (``PRAGMA user_version`` = `SCHEMA_VERSION`; later versions migrate with 
 - ``attacks`` (run_id, position, spec): the suite, in order.
 - ``batches`` (run_id, batch_index, committed_at, clean_forward_passes): a row means the batch
   is complete; clean_forward_passes is the image-forwards of its clean classification.
-- ``attack_seconds`` (run_id, batch_index, position, seconds, forward_passes, backward_passes):
-  the attack's time and image-passes on the batch (see `robeval.attacks.cost`).
+- ``attack_seconds`` (run_id, batch_index, position, seconds, forward_passes, backward_passes,
+  notes): the attack's time and image-passes on the batch (see `robeval.attacks.cost`), and what
+  the engine noted about it (JSON, see `AttackNotes`).
 - ``samples`` (run_id, sample_index, batch_index, label, clean_pred).
 - ``outcomes`` (run_id, sample_index, position, outcome, margin, perturbation_norm, iterations).
 
-Pass counts are NULL in rows written before schema version 2; views show them as NaN.
+Pass counts are NULL in rows written before schema version 2; views show them as NaN. Notes are
+NULL in rows written before schema version 3.
 
 Deleting a run deletes everything of it; deleting a batch deletes its samples, their outcomes and
 its seconds (foreign keys with ON DELETE CASCADE). Samples are only ever written together with
@@ -36,7 +38,7 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from statistics import NormalDist
@@ -46,7 +48,7 @@ import pandas as pd
 
 from robeval.errors import RobevalError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_S = 60.0
 OUTCOMES = ("robust", "broken", "skipped")
 MODES = ("cascade", "independent")
@@ -128,8 +130,13 @@ _V1_TO_V2 = [
     "ALTER TABLE batches ADD COLUMN clean_forward_passes INTEGER",
 ]
 
+# Version 3 adds what the engine noted about each attack on each batch (JSON): the masking gate
+# of aa-fast, breaks the attack claimed that a fresh pass did not confirm, examples projected back
+# into the threat model, majority verdicts of a random model.
+_V2_TO_V3 = ["ALTER TABLE attack_seconds ADD COLUMN notes TEXT"]
+
 # _MIGRATIONS[v] brings a database from user_version v to v + 1.
-_MIGRATIONS: list[list[str]] = [_SCHEMA_V1, _V1_TO_V2]
+_MIGRATIONS: list[list[str]] = [_SCHEMA_V1, _V1_TO_V2, _V2_TO_V3]
 
 # Fields that decide what a run computes: resuming a key with other values would mix results.
 _IDENTITY_FIELDS = ("dataset", "n", "eps", "norm", "seed", "batch_size", "mode", "attacks")
@@ -170,6 +177,57 @@ class Passes:
 
     forward: int
     backward: int
+
+
+@dataclass
+class AttackNotes:
+    """What the engine noted about one attack, added up over batches.
+
+    `gate_batches` / `gate_fired`: batches on which the attack ran a masking gate (aa-fast) and
+    on how many it fired; `gate_flags`: the checks that opened it; `unconfirmed`: breaks the
+    attack claimed that a fresh forward pass did not confirm (counted robust); `projected`:
+    examples outside the threat model, projected back before being judged; `majority`: batches
+    judged by the majority of several passes because the model's outputs are random.
+    """
+
+    gate_batches: int = 0
+    gate_fired: int = 0
+    gate_flags: list[str] = field(default_factory=list)
+    unconfirmed: int = 0
+    projected: int = 0
+    majority: int = 0
+
+    def add(self, notes: dict) -> None:
+        """Add one batch's notes (as the engine writes them)."""
+        gate = notes.get("gate")
+        if gate is not None:
+            self.gate_batches += 1
+            self.gate_fired += bool(gate.get("fired"))
+            for flag in gate.get("flags", []):
+                name = str(flag).split(":", 1)[0]
+                if name not in self.gate_flags:
+                    self.gate_flags.append(name)
+        self.unconfirmed += int(notes.get("unconfirmed", 0))
+        self.projected += int(notes.get("projected", 0))
+        self.majority += bool(notes.get("majority"))
+
+    def lines(self, spec: str) -> list[str]:
+        """One line per thing worth saying about the attack `spec` (none for a plain run)."""
+        said = []
+        if self.gate_batches:
+            opened = f" by {', '.join(self.gate_flags)}" if self.gate_flags else ""
+            said.append(f"{spec}: masking gate fired on {self.gate_fired} of {self.gate_batches} "
+                        f"batches{opened}" + (" (Square ran there)" if self.gate_fired else ""))
+        if self.unconfirmed:
+            said.append(f"{spec}: {self.unconfirmed} claimed breaks not confirmed by a fresh forward "
+                        "pass (counted robust)")
+        if self.projected:
+            said.append(f"{spec}: {self.projected} examples outside the threat model were projected "
+                        "back before being judged")
+        if self.majority:
+            said.append(f"{spec}: the model's outputs are random; verdicts on {self.majority} "
+                        "batches are the majority of 9 passes (try pgdK(eot=M))")
+        return said
 
 
 @dataclass
@@ -537,9 +595,10 @@ class ResultsStore:
 
     def write_batch(self, run_id: int, batch_index: int, samples: list[SampleRow],
                     outcomes: list[OutcomeRow], seconds: dict[int, float],
-                    passes: dict[int, Passes] | None = None, clean: Passes | None = None) -> None:
-        """Commit one batch in one transaction: samples, outcomes, seconds and passes per attack
-        position, the clean pass's passes, marker.
+                    passes: dict[int, Passes] | None = None, clean: Passes | None = None,
+                    notes: dict[int, dict] | None = None) -> None:
+        """Commit one batch in one transaction: samples, outcomes, seconds, passes and notes per
+        attack position, the clean pass's passes, marker.
 
         Writing a batch that is already committed replaces it. Every sample needs exactly one
         outcome per attack of the suite; a batch that breaks this is a ValueError and nothing is
@@ -559,14 +618,15 @@ class ResultsStore:
                 (run_id, batch_index, _now(), None if clean is None else int(clean.forward)),
             )
             try:
-                self._insert_batch_rows(run_id, batch_index, samples, outcomes, seconds, passes or {})
+                self._insert_batch_rows(run_id, batch_index, samples, outcomes, seconds, passes or {},
+                                        notes or {})
             except sqlite3.IntegrityError as err:
                 message = f"batch {batch_index} of run {run_id} conflicts with stored rows: {err}"
                 raise ValueError(message) from err
 
     def _insert_batch_rows(self, run_id: int, batch_index: int, samples: list[SampleRow],
                            outcomes: list[OutcomeRow], seconds: dict[int, float],
-                           passes: dict[int, Passes]) -> None:
+                           passes: dict[int, Passes], notes: dict[int, dict]) -> None:
         self._db.executemany(
             "INSERT INTO samples (run_id, sample_index, batch_index, label, clean_pred) "
             "VALUES (?, ?, ?, ?, ?)",
@@ -580,8 +640,9 @@ class ResultsStore:
         )
         self._db.executemany(
             "INSERT INTO attack_seconds (run_id, batch_index, position, seconds, forward_passes, "
-            "backward_passes) VALUES (?, ?, ?, ?, ?, ?)",
-            [(run_id, batch_index, int(position), float(value), *_pass_values(passes.get(position)))
+            "backward_passes, notes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(run_id, batch_index, int(position), float(value), *_pass_values(passes.get(position)),
+              _dumps(notes[position]) if position in notes else None)
              for position, value in seconds.items()],
         )
 
@@ -721,6 +782,19 @@ class ResultsStore:
             "FROM batches WHERE run_id = ?", (run_id,)
         ).fetchone()
         return (math.nan, math.nan) if missing else (float(total or 0), 0.0)
+
+    def attack_notes(self, run_id: int) -> dict[str, AttackNotes]:
+        """What the engine noted about each attack of the run, added up over committed batches."""
+        run_id = int(run_id)
+        specs = self.attacks(run_id)
+        with self._read() as db:
+            rows = db.execute("SELECT position, notes FROM attack_seconds WHERE run_id = ? "
+                              "ORDER BY batch_index, position", (run_id,)).fetchall()
+        totals = {spec: AttackNotes() for spec in specs}
+        for position, text in rows:
+            if text is not None and position < len(specs):
+                totals[specs[position]].add(json.loads(text))
+        return totals
 
     def worst_case(self, run_id: int, attacks: list[str] | None = None) -> float:
         """Fraction of committed samples that are clean-correct and 'robust' under every chosen attack.

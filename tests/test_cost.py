@@ -45,14 +45,15 @@ def test_fgsm_costs_its_forwards_and_one_backward_per_attacked_image(trained_cif
     # the clean classification: one forward per image, counted on its own row
     assert summary.loc["clean", ["forward_passes", "backward_passes"]].tolist() == [96, 0]
     # FGSM: forward + backward at the clean image, forward at the step's iterate (PGD's
-    # margin check), forward of the final evaluation of the returned example
-    assert summary.loc["fgsm", "forward_passes"] == 3 * attacked
+    # margin check), forward of the final evaluation of the returned example, and the engine's
+    # own forward that verifies it
+    assert summary.loc["fgsm", "forward_passes"] == 4 * attacked
     assert summary.loc["fgsm", "backward_passes"] == attacked
-    assert summary.loc["fgsm", "passes_per_image"] == pytest.approx(4 * attacked / 96)
-    assert summary.loc["worst case", "forward_passes"] == 3 * attacked
+    assert summary.loc["fgsm", "passes_per_image"] == pytest.approx(5 * attacked / 96)
+    assert summary.loc["worst case", "forward_passes"] == 4 * attacked
     runs = result.store.runs()
-    assert runs.loc[0, "forward_passes"] == 3 * attacked
-    assert runs.loc[0, "passes_per_image"] == pytest.approx(4 * attacked / 96)
+    assert runs.loc[0, "forward_passes"] == 4 * attacked
+    assert runs.loc[0, "passes_per_image"] == pytest.approx(5 * attacked / 96)
 
 
 def pgd_expected_passes(iterations: list[int], steps: int) -> tuple[int, int]:
@@ -62,7 +63,7 @@ def pgd_expected_passes(iterations: list[int], steps: int) -> tuple[int, int]:
     steps 0..j; robust points stay for all K + 1. The gradient at step s is taken over the whole
     batch of that step whenever some point of it is still correctly classified, and s < K.
     """
-    forward = sum(j + 1 for j in iterations) + len(iterations)  # + the final evaluation
+    forward = sum(j + 1 for j in iterations) + 2 * len(iterations)  # + evaluation, verification
     backward = 0
     for step in range(steps):
         in_batch = sum(j >= step for j in iterations)

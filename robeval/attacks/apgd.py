@@ -74,6 +74,7 @@ class RunResult:
     broken: Tensor       # bool (N,)
     adversarial: Tensor  # the misclassified iterate for broken points, the best one otherwise
     iterations: Tensor   # long (N,): iterates evaluated
+    predicted: Tensor    # bool (classes,): the classes the misclassified iterates were given
 
 
 class _Points:
@@ -116,6 +117,7 @@ def apgd_run(model: nn.Module, images: Tensor, labels: Tensor, start: Tensor, *,
     adversarial = images.clone()
     delta = (images + geometry.project(start, eps)).clamp(0, 1) - images
     logits, value, grad = _loss_and_grad(model, loss_fn, images, delta, labels, targets)
+    predicted = torch.zeros(logits.shape[1], dtype=torch.bool, device=images.device)
     points = _Points(index=torch.arange(n, device=images.device), x=images, y=labels, t=targets,
                      delta=delta, prev=delta, grad=grad,
                      step=torch.full((n,), 2.0 * eps, device=images.device, dtype=images.dtype),
@@ -128,6 +130,7 @@ def apgd_run(model: nn.Module, images: Tensor, labels: Tensor, start: Tensor, *,
         if wrong.any():
             hit = points.index[wrong]
             broken[hit], adversarial[hit] = True, (points.x + points.delta)[wrong]
+            predicted[logits[wrong].argmax(1)] = True
             points.keep(~wrong)
             logits, value = logits[~wrong], value[~wrong]
         if len(points) == 0 or i == iters:
@@ -142,7 +145,7 @@ def apgd_run(model: nn.Module, images: Tensor, labels: Tensor, start: Tensor, *,
     if len(points):
         _track_best(points, value, iters)
         adversarial[points.index] = points.x + points.best
-    return RunResult(broken, adversarial, iterations)
+    return RunResult(broken, adversarial, iterations, predicted)
 
 
 def _track_best(points: _Points, value: Tensor, i: int) -> None:
@@ -211,10 +214,21 @@ def malt_scores(model: nn.Module, images: Tensor, labels: Tensor, norm: str,
     return scores
 
 
-def malt_targets(model: nn.Module, images: Tensor, labels: Tensor, norm: str, k: int) -> Tensor:
-    """The k most promising target classes by MALT's score, best (smallest) first: (N, k)."""
+def malt_targets(model: nn.Module, images: Tensor, labels: Tensor, norm: str, k: int,
+                 live: Tensor | None = None) -> Tensor:
+    """The k most promising target classes by MALT's score, best (smallest) first: (N, k).
+
+    With `live` (bool per class), the classes the model predicts somewhere come first and the
+    others only fill what is left of the k: a class that never wins cannot be reached by a
+    targeted attack, however small its score (see docs/design.md, "Targets that cannot be
+    decoyed").
+    """
     scores = malt_scores(model, images, labels, norm, max(k, MALT_CANDIDATES))
-    return scores.topk(k, dim=1, largest=False).indices
+    order = scores.argsort(dim=1, stable=True)
+    if live is not None:  # live candidates, then the other candidates, then the label and the rest
+        rank = (~live.to(order.device))[order].to(torch.uint8) + 2 * scores.gather(1, order).isinf()
+        order = order.gather(1, rank.argsort(dim=1, stable=True))
+    return order[:, :k]
 
 
 # --- the attack ------------------------------------------------------------------------------
@@ -233,44 +247,63 @@ class APGDAttack:
         self.spec = format_spec(name, {key: value for key, value in options.items()
                                        if value is not None and value != defaults[key]})
 
-    def run(self, model: nn.Module, images: Tensor, labels: Tensor, seed: int) -> AttackOutcome:
-        """Attack a batch; returns per-sample outcomes (see `AttackOutcome`)."""
+    def run(self, model: nn.Module, images: Tensor, labels: Tensor, seed: int,
+            live_classes: Tensor | None = None) -> AttackOutcome:
+        """Attack a batch; returns per-sample outcomes (see `AttackOutcome`).
+
+        `live_classes` (bool, one per class) marks the classes the model is known to predict
+        somewhere (e.g. on the rest of the batch); MALT chooses its targets among those and the
+        classes predicted on `images` first (see `malt_targets`). The notes record the classes
+        predicted on the clean images and on the examples that broke points (`predicted`).
+        """
         with torch.random.fork_rng(devices=_cuda_devices(images), device_type=images.device.type):
             torch.manual_seed(seed)
-            broken, adversarial, iterations = self._attack(model, images, labels)
+            broken, adversarial, iterations, predicted = self._attack(model, images, labels, live_classes)
         outcome = evaluate_examples(model, adversarial, images, labels, self.norm, iterations.cpu())
-        outcome.robust = ~broken.cpu()
+        outcome.notes = {"predicted": predicted.cpu()}
         return outcome
 
-    def _attack(self, model: nn.Module, images: Tensor, labels: Tensor):
+    def _attack(self, model: nn.Module, images: Tensor, labels: Tensor, live_classes: Tensor | None):
         with torch.no_grad():
             logits = model(images)
         broken = logits.argmax(1) != labels
+        predicted = class_mask(logits.argmax(1), logits.shape[1])
+        if live_classes is not None:
+            predicted = predicted | live_classes.to(predicted.device)
         adversarial = images.clone()
         iterations = torch.zeros(len(images), dtype=torch.long, device=images.device)
-        for targets in self._target_columns(model, images, labels, logits):
+        for targets in self._target_columns(model, images, labels, logits, predicted):
             for _ in range(self.restarts):
                 start = random_start(images.shape, self.eps, self.norm, images)
                 active = (~broken).nonzero().flatten()
                 if len(active) == 0:
-                    return broken, adversarial, iterations
+                    return broken, adversarial, iterations, predicted
                 result = apgd_run(model, images[active], labels[active], start[active], eps=self.eps,
                                   norm=self.norm, iters=self.iters, loss=self.loss,
                                   targets=None if targets is None else targets[active])
                 broken[active], adversarial[active] = result.broken, result.adversarial
                 iterations[active] += result.iterations
-        return broken, adversarial, iterations
+                predicted |= result.predicted
+        return broken, adversarial, iterations, predicted
 
-    def _target_columns(self, model: nn.Module, images: Tensor, labels: Tensor, logits: Tensor):
+    def _target_columns(self, model: nn.Module, images: Tensor, labels: Tensor, logits: Tensor,
+                        live: Tensor):
         """None for the untargeted losses, else one target per point for each run, best first."""
         if self.targets is None:
             return [None]
         k = min(self.targets, logits.shape[1] - 1)
         if self.select == "malt":
-            order = malt_targets(model, images, labels, self.norm, k)
+            order = malt_targets(model, images, labels, self.norm, k, live=live)
         else:
             order = logit_targets(logits, labels, k)
         return list(order.T)
+
+
+def class_mask(predictions: Tensor, classes: int) -> Tensor:
+    """A bool mask over `classes` of the classes that occur in `predictions`."""
+    mask = torch.zeros(classes, dtype=torch.bool, device=predictions.device)
+    mask[predictions] = True
+    return mask
 
 
 def _cuda_devices(images: Tensor) -> list[int]:

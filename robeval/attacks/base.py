@@ -17,18 +17,19 @@ from torch import Tensor, nn
 from robeval.attacks.losses import margin
 from robeval.errors import RobevalError, UnknownNameError
 from robeval.registry import Registry, canonical
-from robeval.spec import format_spec, parse_spec
+from robeval.spec import parse_spec
 
 
 @dataclass
 class AttackOutcome:
     """Per-sample results of one attack on one batch (CPU tensors of length N)."""
 
-    robust: Tensor                      # bool: no iterate was misclassified
+    robust: Tensor                      # bool: the returned example is classified correctly
     margin: Tensor                      # logit[y] − max other logit at the returned example
     perturbation_norm: Tensor           # ‖x_adv − x‖ in the threat model's norm
     iterations: Tensor | None = None    # gradient steps (or queries) spent per sample, if known
     adversarial: Tensor | None = field(default=None, repr=False)  # the returned examples
+    notes: dict = field(default_factory=dict)  # what the attack decided on the way (aa-fast's gate)
 
 
 class Attack(Protocol):
@@ -113,11 +114,6 @@ def parse_suite(text: str, threat: ThreatModel) -> list[Attack]:
     if len(set(specs)) != len(specs):
         raise RobevalError(f"suite {text!r} names the same attack twice")
     return attacks
-
-
-def spec_string(name: str, options: dict) -> str:
-    """The canonical spec of an attack (name plus its resolved options)."""
-    return format_spec(name, options)
 
 
 def perturbation_norms(adversarial: Tensor, images: Tensor, norm: str) -> Tensor:

@@ -6,16 +6,22 @@ Three stages, each on the points the previous ones left standing:
 2. `apgd-t(select=malt,targets=k)`: targeted APGD-DLR against the k classes with the smallest
    MALT score (the most promising targets), early exit;
 3. Square (pyautoattack's, `queries` queries, AutoAttack's settings) on the points still
-   standing, but only when the cheap gradient-masking checks of `robeval.diagnostics.masking`
-   (determinism, logits, gradients, pyautoattack's checks, FGSM vs PGD-10), run on the first
-   `CHECK_IMAGES` points of the batch, raise a flag. On a model whose gradients can be trusted
-   the two gradient stages do what APGD-CE, APGD-T and FAB-T do in AutoAttack; where they
-   cannot, the gradient-free attack decides.
+   standing, but only when the masking gate fires: the cheap gradient-masking checks of
+   `robeval.diagnostics.masking` run on the points still standing and a sample of the others
+   (`gate_sample`), and the stages' own counts decide `loss_dependence` (the DLR stage broke
+   markedly more than cross-entropy could). On a model whose gradients can be trusted the two
+   gradient stages do what APGD-CE, APGD-T and FAB-T do in AutoAttack; where they cannot, the
+   gradient-free attack decides.
+
+Targets: MALT chooses among the classes the model was seen to predict in the batch (clean or
+adversarial), so classes that never win cannot use up the target budget. Each point keeps the
+lowest-margin example any stage found (the breaking one for a broken point); the verdict is a
+fresh forward pass on it, never a stage's bookkeeping.
 
 It is one attack (one row of results, like `aa`) whose stages cascade inside each batch, so it
 behaves the same under `--mode cascade` and `--mode independent`. `iterations` is the per-point
 sum of APGD iterates and Square queries. Options: `iters` (100), `targets` (3), `queries` (5000).
-`flagged` counts the batches on which the masking gate fired.
+The outcome's notes record the gate of each batch (points judged, fired, flags).
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from robeval.attacks.steps import NORMS
 from robeval.errors import RobevalError
 from robeval.spec import format_spec
 
-CHECK_IMAGES = 200      # points of a batch the masking gate looks at
+CHECK_IMAGES = 200      # at most this many points of a batch go to the masking gate
+GATE_SAMPLE = 32        # points broken by the gradient stages that the gate looks at as well
 DEFAULTS = {"iters": 100, "targets": 3, "queries": 5000}
 
 
@@ -45,54 +52,97 @@ class FastAutoAttack:
         self.black_box = PyAutoAttack("square", threat, {"queries": queries})
         values = {"iters": iters, "targets": targets, "queries": queries}
         self.spec = format_spec("aa-fast", {k: v for k, v in values.items() if v != DEFAULTS[k]})
-        self.flagged = 0
-        self.last_flags: list[str] = []
 
     def run(self, model: nn.Module, images: Tensor, labels: Tensor, seed: int) -> AttackOutcome:
-        """Attack a batch; returns per-sample outcomes (see `AttackOutcome` and the module doc)."""
-        robust = torch.ones(len(images), dtype=torch.bool)
-        adversarial = images.clone()
-        iterations = torch.zeros(len(images), dtype=torch.long)
+        """Attack a batch; returns per-sample outcomes (see `AttackOutcome` and the module doc).
+
+        The notes hold the gate: the points it looked at, whether it fired and the flags that
+        opened it.
+        """
+        state = _Standing(images)
+        live = None
+        broke = []
         for position, stage in enumerate(self.stages):
-            self._apply(stage, model, images, labels, seed + position, robust, adversarial, iterations)
-        self.last_flags = []
-        if robust.any():
-            self.last_flags = masking_flags(model, images[:CHECK_IMAGES], labels[:CHECK_IMAGES],
-                                            self.threat, seed)
-        if self.last_flags:
-            self.flagged += 1
-            self._apply(self.black_box, model, images, labels, seed + len(self.stages), robust,
-                        adversarial, iterations, queries=True)
-        outcome = evaluate_examples(model, adversarial, images, labels, self.norm, iterations)
-        outcome.robust = robust
+            outcome = state.apply(stage, model, images, labels, seed + position, live_classes=live)
+            broke.append(outcome)
+            live = outcome.notes["predicted"] if live is None else live | outcome.notes["predicted"]
+        gate_points = gate_sample(state.robust, seed).to(images.device)
+        flags = masking_flags(model, images[gate_points], labels[gate_points], self.threat, seed)
+        flags += loss_dependence_flags(*broke)
+        if flags:
+            state.apply(self.black_box, model, images, labels, seed + len(self.stages), queries=True)
+        outcome = evaluate_examples(model, state.worst, images, labels, self.norm, state.iterations)
+        outcome.notes = {"gate": {"points": len(gate_points), "fired": bool(flags), "flags": flags}}
         return outcome
 
-    def _apply(self, stage, model: nn.Module, images: Tensor, labels: Tensor, seed: int,
-               robust: Tensor, adversarial: Tensor, iterations: Tensor, queries: bool = False) -> None:
-        """Run one stage on the points still standing and merge its outcome (in place)."""
-        standing = robust.nonzero().flatten()
+
+class _Standing:
+    """Which points of a batch still stand, the worst example found for each, and the cost."""
+
+    def __init__(self, images: Tensor):
+        self.robust = torch.ones(len(images), dtype=torch.bool)
+        self.worst = images.clone()
+        self.worst_margin = torch.full((len(images),), float("inf"))
+        self.iterations = torch.zeros(len(images), dtype=torch.long)
+        self.broken = 0
+
+    def apply(self, stage, model: nn.Module, images: Tensor, labels: Tensor, seed: int,
+              queries: bool = False, **options) -> AttackOutcome | None:
+        """Run one stage on the points still standing; keep each point's lowest-margin example."""
+        standing = self.robust.nonzero().flatten()
         if len(standing) == 0:
-            return
+            return None
         on = standing.to(images.device)
-        outcome = stage.run(model, images[on], labels[on], seed)
-        broke = ~outcome.robust.cpu()
-        robust[standing[broke]] = False
-        adversarial[on[broke.to(images.device)]] = outcome.adversarial[broke.to(images.device)]
+        outcome = stage.run(model, images[on], labels[on], seed, **options)
+        better = outcome.margin.cpu() < self.worst_margin[standing]
+        self.worst[on[better.to(on.device)]] = outcome.adversarial[better.to(on.device)]
+        self.worst_margin[standing[better]] = outcome.margin.cpu()[better]
+        self.robust[standing] = outcome.robust.cpu()
         if outcome.iterations is not None:
-            iterations[standing] += outcome.iterations.cpu()
+            self.iterations[standing] += outcome.iterations.cpu()
         elif queries:  # pyautoattack does not report Square's queries: count the budget
-            iterations[standing] += self.black_box.values["queries"]
+            self.iterations[standing] += stage.values["queries"]
+        outcome.notes = {**outcome.notes, "broke": int((~outcome.robust).sum()),
+                         "attacked": len(standing)}
+        return outcome
+
+
+def gate_sample(robust: Tensor, seed: int) -> Tensor:
+    """The points the masking gate judges: every point still standing (up to `CHECK_IMAGES`) and
+    a seeded sample of `GATE_SAMPLE` (or a quarter as many as stand, if more) of the others."""
+    standing, others = robust.nonzero().flatten(), (~robust).nonzero().flatten()
+    generator = torch.Generator().manual_seed(seed)
+    standing = standing[torch.randperm(len(standing), generator=generator)][:CHECK_IMAGES]
+    wanted = min(len(others), max(GATE_SAMPLE, len(standing) // 4), CHECK_IMAGES - len(standing))
+    sample = others[torch.randperm(len(others), generator=generator)[:max(wanted, 0)]]
+    return torch.cat([standing, sample]).sort().values
 
 
 def masking_flags(model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel,
                   seed: int) -> list[str]:
-    """The flags that the cheap gradient-masking checks raise on these points (empty: none)."""
-    # diagnostics sits above attacks (it runs them), so it is imported at call time
-    from robeval.diagnostics.masking import run_checks
+    """The flags that the cheap gradient-masking checks raise on these points (empty: none).
 
-    results = run_checks(model, images, labels, eps=threat.eps, norm=threat.norm, seed=seed,
-                         names="cheap")
+    The `loss_dependence` check is left out: aa-fast's own stages give its numbers.
+    """
+    # diagnostics sits above attacks (it runs them), so it is imported at call time
+    from robeval.diagnostics.masking import CHEAP_CHECKS, run_checks
+
+    if len(images) == 0:
+        return []
+    names = [name for name in CHEAP_CHECKS if name != "loss_dependence"]
+    results = run_checks(model, images, labels, eps=threat.eps, norm=threat.norm, seed=seed, names=names)
     return [f"{result.name}: {result.flag}" for result in results if not result.passed]
+
+
+def loss_dependence_flags(cross_entropy: AttackOutcome | None, margin: AttackOutcome | None) -> list[str]:
+    """The `loss_dependence` flag from the stages' counts: the DLR stage broke markedly more of
+    the points than cross-entropy could (see `robeval.diagnostics.masking.loss_dependence`)."""
+    from robeval.diagnostics.masking import loss_dependence
+
+    if cross_entropy is None or margin is None:
+        return []
+    verdict = loss_dependence(cross_entropy.notes["broke"], margin.notes["broke"])
+    return [f"loss_dependence: {verdict['flag']}"] if verdict["flag"] else []
 
 
 def _build(threat: ThreatModel, options: dict) -> FastAutoAttack:

@@ -87,20 +87,23 @@ class PGDAttack:
     """PGD-K with restarts, CE/DLR/margin losses and a targeted option (FGSM is PGD-1).
 
     A sample is broken as soon as any iterate is misclassified; broken samples leave the
-    batch, so only still-robust samples cost compute. For robust samples the iterate with the
+    batch, so only still-robust samples cost compute. With `eot=M` (expectation over
+    transformation, for models whose outputs are random) each step follows the gradient of the
+    loss summed over M passes at the same point. For robust samples the iterate with the
     lowest margin is returned. With `smooth`, gradients are those of the network with its
     ReLUs replaced by parametric Softplus (SAT §3.2); the forward pass is unchanged.
     """
 
     def __init__(self, threat, steps: int, step: float | None = None, restarts: int = 1,
                  random_start: bool = True, loss: str = "ce", targeted: bool = False,
-                 smooth: bool = False, name: str | None = None):
+                 smooth: bool = False, name: str | None = None, eot: int = 1):
         from robeval.attacks.losses import LOSSES
 
         label = name or f"pgd{steps}"
         self.eps, self.norm = threat.eps, threat.norm
         self.steps = _count_option(label, "steps", steps)
         self.restarts = _count_option(label, "restarts", restarts)
+        self.eot = _count_option(label, "eot", eot)
         self.step = (eval_step_size(self.eps, self.steps) if step is None
                      else _step_option(label, step))
         self.random_start = _flag_option(label, "random_start", random_start)
@@ -115,15 +118,15 @@ class PGDAttack:
         """The options that differ from the defaults (which ε and K determine), for the spec."""
         options = {"step": round(self.step, 8), "restarts": self.restarts,
                    "random_start": self.random_start, "loss": self.loss_name,
-                   "targeted": self.targeted}
+                   "targeted": self.targeted, "eot": self.eot}
         defaults = {"step": round(eval_step_size(self.eps, self.steps), 8), "restarts": 1,
-                    "random_start": not fgsm, "loss": "ce", "targeted": False}
+                    "random_start": not fgsm, "loss": "ce", "targeted": False, "eot": 1}
         return {key: value for key, value in options.items() if value != defaults[key]}
 
     @classmethod
     def from_spec(cls, steps: int, smooth: bool, threat, options: dict) -> PGDAttack:
-        """`pgdK[-smooth](step=..., restarts=..., loss=..., targeted=..., random_start=...)`."""
-        allowed = {"step", "restarts", "loss", "targeted", "random_start"}
+        """`pgdK[-smooth](step=..., restarts=..., loss=..., targeted=..., random_start=..., eot=...)`."""
+        allowed = {"step", "restarts", "loss", "targeted", "random_start", "eot"}
         unknown = set(options) - allowed
         if unknown:
             raise RobevalError(f"pgd{steps} has no option {', '.join(sorted(unknown))}; "
@@ -181,6 +184,8 @@ class PGDAttack:
                 if step == self.steps or not keep.any():
                     break
                 loss = self.loss_fn(logits, y, t).sum()
+                for _ in range(self.eot - 1):  # EOT: the gradient of the loss averaged over passes
+                    loss = loss + self.loss_fn(model(x + delta), y, t).sum()
                 grad = input_gradient(loss, delta)
                 with torch.no_grad():
                     delta = delta.detach()[keep]

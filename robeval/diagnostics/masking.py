@@ -49,13 +49,16 @@ from robeval.errors import RobevalError
 Z_NOISE = 3.0                 # standard deviations of attack noise a flag must exceed
 ITERATIONS_FLOOR = 0.01       # more_iterations, larger_eps, fgsm_vs_pgd: 1 percentage point
 BLACK_BOX_FLOOR = 0.05        # black_box: 5 percentage points
-ZERO_GRADIENT_LIMIT = 0.05    # gradients: at most 5% of correctly classified points
+FALSE_ALARM = 1e-3            # count rules: chance that an honest model raises the flag
+ZERO_GRADIENT_RATE = 0.01     # gradients: share of zero-gradient points an honest model may have
+SHATTERED_RATE = 0.2          # gradient_quality: share of points with noise-like gradients allowed
+MARGIN_ONLY_SHARE = 0.25      # loss_dependence: share of breaks only the margin loss may find
 REPEAT_TOLERANCE = 1e-4       # determinism: identical passes, relative to the logit scale
 SPLIT_TOLERANCE = 1e-2        # determinism: the same images in half-size batches
 ROW_SUM_TOLERANCE = 1e-3      # logits: |row sum − 1| of probabilities / of exp(log-probabilities)
 FLAT_RETAINED = 0.5          # larger_eps: at most half the ε-robust points may survive 4ε
-ALIGNMENT_FLOOR = 0.1        # gradient_quality: median cos(∇L(x), ∇L(x+η)) must exceed this
-FGSM_GAIN_FLOOR = 0.1        # gradient_quality: median achieved / predicted FGSM loss rise
+ALIGNMENT_FLOOR = 0.1        # gradient_quality: a point's cos(∇L(x), ∇L(x+η)) below this is noise
+FGSM_GAIN_FLOOR = 0.1        # gradient_quality: a point's achieved / predicted FGSM rise below this
 AUTOATTACK_STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")  # its n_classes check assumes these
 
 
@@ -145,6 +148,31 @@ def compare(weaker: Tensor, stronger: Tensor, floor: float, noise: bool) -> dict
             "allowed_excess": round(allowed, 3), "increase": only_weaker - only_stronger > allowed}
 
 
+def binomial_tail(count: int, n: int, rate: float) -> float:
+    """P(X ≥ count) for X ~ Binomial(n, rate): how likely `count` hits are when each of `n`
+    points is hit with probability `rate`."""
+    if count <= 0:
+        return 1.0
+    if count > n:
+        return 0.0
+    if rate <= 0 or rate >= 1:
+        return 0.0 if rate <= 0 else 1.0
+    log_rate, log_rest = math.log(rate), math.log1p(-rate)
+    return min(1.0, sum(math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+                                 + k * log_rate + (n - k) * log_rest) for k in range(count, n + 1)))
+
+
+def exceeds_rate(count: int, n: int, rate: float, false_alarm: float = FALSE_ALARM) -> bool:
+    """Whether `count` of `n` points is more than a model with hit rate `rate` shows, at the
+    given false-alarm rate (one-sided exact binomial test); never on fewer than 2 points."""
+    return count >= 2 and binomial_tail(count, n, rate) < false_alarm
+
+
+def least_alarming(n: int, rate: float, false_alarm: float = FALSE_ALARM) -> int:
+    """The smallest count of `n` points that `exceeds_rate` flags (n + 1: none can)."""
+    return next((count for count in range(2, n + 1) if exceeds_rate(count, n, rate, false_alarm)), n + 1)
+
+
 def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
     """Per-sample cross-entropy."""
     return F.cross_entropy(logits, labels, reduction="none")
@@ -231,7 +259,7 @@ def check_logits(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float
 
 
 def check_gradients(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | None = None,
-                    norm: str = "linf", seed: int = 0, limit: float = ZERO_GRADIENT_LIMIT) -> CheckResult:
+                    norm: str = "linf", seed: int = 0, rate: float = ZERO_GRADIENT_RATE) -> CheckResult:
     """Many correctly classified points have an all-zero or non-finite input gradient.
 
     Gradient attacks have nothing to follow at such points: the L∞ step is the sign of the
@@ -242,8 +270,10 @@ def check_gradients(model: nn.Module, images: Tensor, labels: Tensor, *, eps: fl
 
     Rule: the cross-entropy gradient of an honest float32 network is exactly zero only when
     every other class's probability underflows (logit margins above ~100), which trained
-    classifiers practically never reach; the check flags when more than `limit` (5%) of the
-    correctly classified points have an all-zero or a non-finite gradient.
+    classifiers practically never reach. Flagged when the count of correctly classified points
+    with an all-zero or non-finite gradient is more than a model with `rate` (1%) of such points
+    shows at a false-alarm rate of 0.1% (one-sided binomial test; at least 2 points, e.g. 3 of
+    16 or 9 of 200).
     """
     with prepared(model, seed):
         correct = correctly_classified(model, images, labels)
@@ -251,12 +281,13 @@ def check_gradients(model: nn.Module, images: Tensor, labels: Tensor, *, eps: fl
     zero = (grad == 0).all(1).cpu() & correct
     nonfinite = (~torch.isfinite(grad)).any(1).cpu() & correct
     n_correct = int(correct.sum())
-    fraction = float((zero | nonfinite).sum()) / max(n_correct, 1)
+    count = int((zero | nonfinite).sum())
     evidence = {"correct": n_correct, "zero_gradients": int(zero.sum()),
-                "nonfinite_gradients": int(nonfinite.sum()), "fraction": fraction, "limit": limit}
+                "nonfinite_gradients": int(nonfinite.sum()), "fraction": count / max(n_correct, 1),
+                "rate": rate, "flag_from": least_alarming(n_correct, rate)}
     flag = None
-    if fraction > limit:
-        flag = (f"{fraction:.0%} of correctly classified points have zero or non-finite input "
+    if exceeds_rate(count, n_correct, rate):
+        flag = (f"{count} of {n_correct} correctly classified points have zero or non-finite input "
                 "gradients: gradient attacks cannot move them")
     return result("gradients", flag, evidence)
 
@@ -493,7 +524,7 @@ def check_unbounded(model: nn.Module, images: Tensor, labels: Tensor, *, eps: fl
 def check_gradient_quality(model: nn.Module, images: Tensor, labels: Tensor, *,
                            eps: float, norm: str = "linf", seed: int = 0,
                            alignment_floor: float = ALIGNMENT_FLOOR,
-                           gain_floor: float = FGSM_GAIN_FLOOR) -> CheckResult:
+                           gain_floor: float = FGSM_GAIN_FLOOR, rate: float = SHATTERED_RATE) -> CheckResult:
     """Input gradients are noise: they change direction within the ε-ball or mispredict the loss.
 
     A gradient attack trusts ∇ₓL to point, over the step it takes, where the loss rises. Honest
@@ -505,12 +536,14 @@ def check_gradient_quality(model: nn.Module, images: Tensor, labels: Tensor, *,
     loss rises far less than they predict, so PGD wanders while the model is not robust.
 
     Rule: over the points with a non-zero finite gradient (zero ones are the `gradients`
-    check's), flagged when the median cosine is below `alignment_floor` (0.1) or the median
-    ratio of the FGSM step's loss rise L(x+δ) − L(x) to ⟨∇ₓL(x), δ⟩ is below `gain_floor`
-    (0.1, i.e. the gradient promises ten times what it delivers). Honest cnn-smalls, standard
-    and adversarially trained, measure cosines of 0.57–0.92 and ratios of 0.42–0.94; shattered
-    ones 0.004 and 0.001; independent directions in d dimensions have cosines of about 1/√d
-    (0.02 on CIFAR-10).
+    check's), a point's gradient is noise-like when its cosine is below `alignment_floor` (0.1)
+    or its ratio of the FGSM step's loss rise L(x+δ) − L(x) to ⟨∇ₓL(x), δ⟩ is below `gain_floor`
+    (0.1, the gradient promises ten times what it delivers). Flagged when the count of such
+    points is more than a model with `rate` (20%) of them shows at a false-alarm rate of 0.1%
+    (one-sided binomial test), so masking on a part of the inputs (a third, say) is flagged once
+    enough points are looked at. Honest cnn-smalls, standard and adversarially trained, measure
+    median cosines of 0.57–0.92 and ratios of 0.42–0.94; shattered ones 0.004 and 0.001;
+    independent directions in d dimensions have cosines of about 1/√d (0.02 on CIFAR-10).
     """
     with prepared(model, seed):
         clean = loss_and_grad(model, images, labels)
@@ -524,20 +557,67 @@ def check_gradient_quality(model: nn.Module, images: Tensor, labels: Tensor, *,
     usable &= predicted > 0
     cosine = F.cosine_similarity(flat, noisy.grad.flatten(1), dim=1, eps=1e-30)[usable]
     gain = (rise / predicted.clamp_min(1e-30))[usable]
-    evidence = {"n": len(images), "usable": int(usable.sum()), "alignment_floor": alignment_floor,
-                "gain_floor": gain_floor,
+    misaligned, undelivered = cosine < alignment_floor, gain < gain_floor
+    noise_like = int((misaligned | undelivered).sum())
+    n_usable = int(usable.sum())
+    evidence = {"n": len(images), "usable": n_usable, "alignment_floor": alignment_floor,
+                "gain_floor": gain_floor, "rate": rate, "noise_like": noise_like,
+                "misaligned": int(misaligned.sum()), "undelivered": int(undelivered.sum()),
+                "flag_from": least_alarming(n_usable, rate),
                 "median_alignment": float(cosine.median()) if len(cosine) else None,
                 "median_fgsm_gain": float(gain.median()) if len(gain) else None}
-    problems = []
-    if len(cosine) and evidence["median_alignment"] < alignment_floor:
-        problems.append(f"median cosine of nearby gradients {evidence['median_alignment']:.3f}")
-    if len(gain) and evidence["median_fgsm_gain"] < gain_floor:
-        problems.append(f"FGSM achieves {evidence['median_fgsm_gain']:.2f} of the loss rise its "
-                        "gradient predicts (median)")
     flag = None
-    if problems:
-        flag = "input gradients look shattered: " + "; ".join(problems)
+    if exceeds_rate(noise_like, n_usable, rate):
+        flag = (f"input gradients look shattered on {noise_like} of {n_usable} points "
+                f"({int(misaligned.sum())} change direction within the ball, {int(undelivered.sum())} "
+                "deliver under a tenth of the FGSM loss rise they predict)")
     return result("gradient_quality", flag, evidence)
+
+
+def loss_dependence(cross_entropy_broke: int, margin_only_broke: int,
+                    share: float = MARGIN_ONLY_SHARE) -> dict:
+    """Whether a margin-loss attack run after a cross-entropy one broke markedly more than CE
+    could: the evidence and, when so, a one-line flag. Rule of `check_loss_dependence`."""
+    total = cross_entropy_broke + margin_only_broke
+    flag = None
+    if exceeds_rate(margin_only_broke, total, share):
+        flag = (f"a margin loss broke {margin_only_broke} points that cross-entropy left standing, "
+                f"against {cross_entropy_broke} cross-entropy broke: cross-entropy gradients vanish")
+    return {"cross_entropy_broke": cross_entropy_broke, "margin_only_broke": margin_only_broke,
+            "share": share, "flag_from": least_alarming(total, share), "flag": flag}
+
+
+def check_loss_dependence(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float,
+                          norm: str = "linf", seed: int = 0, share: float = MARGIN_ONLY_SHARE) -> CheckResult:
+    """A margin loss breaks markedly more points than cross-entropy with the same budget.
+
+    Cross-entropy's gradient vanishes when the softmax saturates or flattens: a model that
+    divides its logits by a temperature that grows off the data lets a CE attack raise the loss
+    by flattening the softmax instead of changing the class, so PGD on CE reports robustness
+    that is not there. Margin losses (DLR, CW) do not depend on the logits' scale and are not
+    fooled; when they break many points CE could not, CE-based numbers are not estimates.
+
+    Rule: PGD-10 on cross-entropy, then PGD-10 on DLR (same step, same seed) on the points CE
+    left standing. On an honest model the DLR run adds a few percent of the breaks; flagged when
+    the points only DLR broke are more of all the breaks than a share of `share` (25%) explains
+    at a false-alarm rate of 0.1% (one-sided binomial test). aa-fast applies the same rule to
+    its own APGD-CE and targeted APGD-DLR stages.
+    """
+    threat = ThreatModel(eps, norm)
+    with prepared(model, seed):
+        correct = correctly_classified(model, images, labels)
+        ce = robust_under(model, "pgd10", images, labels, threat, seed, correct)
+        standing = ce.nonzero().flatten()
+        dlr_robust = torch.zeros_like(ce)
+        if len(standing):
+            on = standing.to(images.device)
+            dlr_robust[standing] = robust_under(model, "pgd10(loss=dlr)", images[on], labels[on], threat,
+                                                seed, torch.ones(len(standing), dtype=torch.bool))
+    verdict = loss_dependence(int((correct & ~ce).sum()), int((ce & ~dlr_robust).sum()), share)
+    flag = verdict.pop("flag")
+    evidence = {"n": len(correct), "correct": int(correct.sum()), **verdict,
+                "cross_entropy_accuracy": accuracy(ce), "then_dlr_accuracy": accuracy(dlr_robust)}
+    return result("loss_dependence", flag, evidence)
 
 
 def check_black_box(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float,
@@ -585,6 +665,7 @@ CHECKS: dict[str, CheckFn] = {
     "logits": check_logits,
     "gradients": check_gradients,
     "gradient_quality": check_gradient_quality,
+    "loss_dependence": check_loss_dependence,
     "autoattack_checks": check_autoattack_checks,
     "fgsm_vs_pgd": check_fgsm_vs_pgd,
     "more_iterations": check_more_iterations,
@@ -595,7 +676,7 @@ CHECKS: dict[str, CheckFn] = {
 # A few forward/backward passes each (FGSM + PGD-10 for fgsm_vs_pgd): seconds on CPU for
 # 200 CIFAR images of cnn-small. The others run tens of PGD steps or thousands of queries.
 CHEAP_CHECKS: tuple[str, ...] = ("determinism", "logits", "gradients", "gradient_quality",
-                                 "autoattack_checks", "fgsm_vs_pgd")
+                                 "loss_dependence", "autoattack_checks", "fgsm_vs_pgd")
 
 
 def check_names(names: str | Sequence[str] | None = None) -> list[str]:
