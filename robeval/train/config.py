@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ METHODS = ("standard", "fgsm", "pgd", "trades", "igr")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("piecewise", "cosine", "onecycle", "constant")
 BN_MODES = ("eval", "train")
+CONFIG_ONLY = frozenset({"val_batch_size"})  # settings without a command-line option
 
 
 @dataclass(frozen=True)
@@ -116,16 +119,42 @@ def _coerce(section: type, name: str, value: Any) -> Any:
     if name == "milestones":
         if isinstance(value, str):
             value = [v for v in value.replace(" ", "").split(",") if v]
-        return tuple(int(parse_number(v)) for v in value)
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_whole_number(name, v) for v in value)
     if kind.startswith("bool"):
         if isinstance(value, str):
             return value.strip().lower() in ("1", "true", "yes", "on")
         return bool(value)
     if kind.startswith("int"):
-        return int(parse_number(value))
+        return _whole_number(name, value)
     if kind.startswith("float"):
-        return float(parse_number(value))
+        return _number(name, value)
     return value
+
+
+def option_name(name: str) -> str:
+    """How a setting is called in messages: its command-line option, else its config key."""
+    return name if name in CONFIG_ONLY else "--" + name.replace("_", "-")
+
+
+def _number(name: str, value: Any) -> float:
+    """A YAML/CLI value as a float; non-numbers are an error naming the setting (nan stays nan)."""
+    try:
+        if isinstance(value, bool):
+            raise RobevalError("a boolean is not a number")
+        return float(parse_number(value))
+    except RobevalError as err:
+        raise RobevalError(f"{option_name(name)} must be a number (e.g. 0.5, 1e-3 or 8/255), "
+                           f"not {value!r}") from err
+
+
+def _whole_number(name: str, value: Any) -> int:
+    """A YAML/CLI value as an int; nan, inf and fractions are an error naming the setting."""
+    number = _number(name, value)
+    if not math.isfinite(number) or not number.is_integer():
+        raise RobevalError(f"{option_name(name)} must be a whole number (e.g. 10), not {value}")
+    return int(number)
 
 
 def _build(section: type, values: dict[str, Any]) -> Any:
@@ -178,15 +207,85 @@ def validate(config: TrainConfig) -> None:
     if norm == "l2" and adv.method not in ("pgd", "trades", "standard"):
         raise RobevalError(f"--norm l2 works with --method pgd or trades, not {adv.method}")
     parse_eps(adv.eps)
-    if adv.steps < 1:
-        raise RobevalError("--steps must be at least 1")
-    if config.epochs < 1 or optim.batch_size < 1:
-        raise RobevalError("--epochs and --batch-size must be at least 1")
-    if not 0 <= optim.label_smoothing < 1:
-        raise RobevalError("--label-smoothing must be in [0, 1)")
+    validate_numbers(config)
     validate_sizes(config)
     if config.device != "auto":
         check_device(config.device)
+
+
+Rule = tuple[Callable[[float], bool], str, str]   # (holds, what it must be, example)
+
+
+def _at_least_1(example: str) -> Rule:
+    return (lambda v: v >= 1, "a whole number of at least 1", example)
+
+
+_EPOCHS: Rule = (lambda v: math.isfinite(v) and v >= 0, "a finite number of epochs >= 0",
+                 "e.g. 0 (off) or 5")
+_SEED: Rule = (lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)", "e.g. 0")
+
+# Ranges of the numeric settings; train_subset, test_subset, val_size, diagnostics_batch and
+# val_pgd_steps are checked by validate_sizes, eps by parse_eps. None means "default" and passes.
+NUMBER_RULES: dict[str, Rule] = {
+    "split_seed": _SEED,
+    "steps": _at_least_1("e.g. 1 or 10"),
+    "step_size": (lambda v: math.isfinite(v) and v > 0, "a finite number above 0",
+                  "e.g. 2/255, or leave it out for the default"),
+    "eps_warmup_epochs": _EPOCHS,
+    "trades_beta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", "e.g. 6"),
+    "igr_lambda": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
+                   "e.g. 8/255, or leave it out to use eps"),
+    "lr": (lambda v: math.isfinite(v) and v > 0, "a finite number above 0", "e.g. 0.1"),
+    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)", "e.g. 0.9"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
+                     "e.g. 5e-4, or 0 for none"),
+    "milestones": (lambda v: v >= 0, "epochs >= 0", "e.g. 100,105"),
+    "gamma": (lambda v: math.isfinite(v) and v > 0, "a finite number above 0", "e.g. 0.1"),
+    "warmup_epochs": _EPOCHS,
+    "batch_size": _at_least_1("e.g. 128"),
+    "base_batch_size": _at_least_1("e.g. 128"),
+    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)", "e.g. 0.1, or 0 for none"),
+    "epochs": _at_least_1("e.g. 10"),
+    "seed": _SEED,
+    "val_batch_size": _at_least_1("e.g. 256"),
+    "early_stop_patience": (lambda v: v >= 0, "a whole number of epochs >= 0",
+                            "e.g. 10, or leave it out to train every epoch"),
+}
+
+
+def validate_numbers(config: TrainConfig) -> None:
+    """One-line errors for numeric settings that are non-finite or out of range (nan, -0.1, ...)."""
+    sections = [getattr(config, name) for name in SECTIONS] + [config]
+    for section in sections:
+        for item in dataclasses.fields(section):
+            value = getattr(section, item.name)
+            if item.name not in NUMBER_RULES or value is None:
+                continue
+            whole = str(item.type).startswith(("int", "tuple[int"))
+            for number in value if isinstance(value, tuple) else (value,):
+                _check_number(item.name, number, int if whole else (int, float))
+    _check_peak_lr(config)
+
+
+def _check_number(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
+    holds, requirement, example = NUMBER_RULES[name]
+    # nan fails every comparison, so a rule that forgets math.isfinite still refuses it
+    if isinstance(value, bool) or not isinstance(value, kind) or not holds(value):
+        raise RobevalError(f"{option_name(name)} must be {requirement}, not {value}: "
+                           f"use {example}")
+
+
+def _check_peak_lr(config: TrainConfig) -> None:
+    """The largest learning rate the schedule reaches must be finite (huge --lr × scaling × gamma^k)."""
+    optim = config.optim
+    try:
+        growth = max(1.0, optim.gamma) ** len(optim.milestones) if optim.schedule == "piecewise" else 1
+        peak = config.effective_lr * growth
+    except OverflowError:
+        peak = math.inf
+    if not math.isfinite(peak):
+        raise RobevalError(f"--lr {optim.lr:g} reaches an infinite learning rate after batch-size "
+                           "scaling and --gamma: lower --lr or --gamma")
 
 
 def validate_sizes(config: TrainConfig) -> None:

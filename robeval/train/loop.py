@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -40,9 +39,10 @@ from robeval.distributed import (
     sync_batchnorm,
     wrap,
 )
-from robeval.errors import RobevalError
+from robeval.errors import PeerError, RobevalError
 from robeval.models import NormalizedModel, build_model
 from robeval.train.config import TrainConfig, config_from_dict, config_to_dict
+from robeval.train.config import validate as validate_config
 from robeval.train.methods import METHODS
 from robeval.train.schedule import eps_at, lr_at
 
@@ -147,13 +147,15 @@ def _correct(logits: torch.Tensor | None, labels: torch.Tensor) -> int | None:
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: BatchSource,
                     config: TrainConfig, epoch: int, progress: bool,
-                    world: World = SINGLE) -> dict:
+                    world: World = SINGLE, out: Path | None = None) -> dict:
     """One pass over the training set; returns loss and accuracies (None where not measured).
 
     `train_clean_acc` and `train_adv_acc` are measured in training mode (BatchNorm on batch
     statistics) on the same batches; `craft_clean_acc` is the clean accuracy of the crafting
     pass, with BatchNorm in the crafting mode (`adversary.bn_mode`). With several ranks each
     one trains on its part of every global batch and the figures are summed over the ranks.
+    After every optimiser step a non-finite loss, gradient, parameter or buffer on any rank
+    stops the run on all ranks with a one-line error (`out` is the run folder it names).
     """
     method = METHODS[config.adversary.method]
     criterion = lambda logits, labels: F.cross_entropy(  # noqa: E731
@@ -177,15 +179,12 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
         eps = eps_at(config, progress_epochs)
         with gradient_phase(model, OPTIMIZER), amp:
             output = method(model, images, labels, config.adversary, eps, criterion)
-        loss = output.loss.item()
-        if not _finite_everywhere(loss, world, device):
-            raise RobevalError(
-                f"loss became {loss} at epoch {epoch + 1}, batch {index + 1}: "
-                f"the last good checkpoint is kept; lower --lr or add --warmup-epochs"
-            )
         optimizer.zero_grad(set_to_none=True)
         output.loss.backward()
         optimizer.step()
+        loss, here, anywhere = _nonfinite_everywhere(model, output.loss, world, device)
+        if any(anywhere):
+            raise _diverged(loss, here, anywhere, epoch, index, out, world)
         size = len(labels)
         totals["loss"] += loss * size
         totals["seen"] += size
@@ -205,10 +204,75 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
             "train_adv_acc": rate("adv"), "craft_clean_acc": rate("craft")}
 
 
-def _finite_everywhere(loss: float, world: World, device: torch.device) -> bool:
-    """Whether the loss is finite on every rank (all ranks must agree to stop together)."""
-    bad = 0.0 if math.isfinite(loss) else 1.0
-    return all_sum([bad], world, device)[0] == 0
+HEALTH = ("gradients", "parameters", "buffers")   # checked after every optimiser step
+
+
+def _nonfinite_everywhere(model: nn.Module, loss: torch.Tensor, world: World,
+                          device: torch.device) -> tuple[float, list[float], list[float]]:
+    """This rank's loss value and how many [losses, *HEALTH] are non-finite here and on all ranks.
+
+    One host sync per step: fused norms flag suspects (nan or inf norm), and only then an exact
+    per-tensor test runs, since the norm of huge but finite weights can overflow to inf. Every
+    rank takes the same branches because the counts are all-reduced, so all ranks stop together.
+    """
+    groups = _health_tensors(model)
+    loss = loss.detach()
+    flags = [~loss.isfinite()] + [_count_nonfinite(tensors, device, exact=False) for tensors in groups]
+    value, *here = torch.stack([loss.float(), *flags]).tolist()
+    anywhere = all_sum(here, world, device)
+    if any(anywhere[1:]):
+        exact = torch.stack([_count_nonfinite(tensors, device, exact=True) for tensors in groups])
+        here = here[:1] + exact.tolist()
+        anywhere = anywhere[:1] + all_sum(here[1:], world, device)
+    return value, here, anywhere
+
+
+def _health_tensors(model: nn.Module) -> list[list[torch.Tensor]]:
+    """The floating-point gradients, parameters and buffers of `model` (the HEALTH groups)."""
+    params = list(model.parameters())
+    grads = [p.grad for p in params if p.grad is not None]
+    buffers = [b for b in model.buffers() if b.is_floating_point()]
+    return [grads, params, buffers]
+
+
+def _count_nonfinite(tensors: list[torch.Tensor], device: torch.device, exact: bool) -> torch.Tensor:
+    """How many of `tensors` hold a nan or inf, as a 0-d tensor (no host sync).
+
+    Not `exact`: one fused `_foreach_norm` kernel; a finite tensor whose norm overflows counts too.
+    """
+    if not tensors:
+        return torch.zeros((), dtype=torch.long, device=device)
+    if exact:
+        finite = torch.stack([t.detach().isfinite().all() for t in tensors])
+    else:
+        finite = torch.stack(torch._foreach_norm([t.detach() for t in tensors])).isfinite()
+    return (~finite).sum()
+
+
+def _diverged(loss: float, here: list[float], anywhere: list[float], epoch: int, index: int,
+              out: Path | None, world: World) -> RobevalError:
+    """The one-line error of a step that left something non-finite (rank 0 alone prints it).
+
+    It counts this rank's tensors (the parameters are the same on every rank), or the other
+    ranks' where this one is still finite.
+    """
+    counts, where = (here, "") if any(here) else (anywhere, " on another rank")
+    problems = [f"{int(n)} {name if n != 1 else name[:-1]}"
+                for n, name in zip(counts[1:], HEALTH, strict=True) if n]
+    if counts[0]:
+        subject = f"loss became {loss if here[0] else 'non-finite'}{where}"
+    else:
+        subject, problems = f"{problems[0]} became non-finite{where}", problems[1:]
+    also = f" (also non-finite: {', '.join(problems)})" if problems else ""
+    if epoch == 0:
+        kept = "no epoch had finished, so no checkpoint was saved"
+    elif out is None:
+        kept = f"the weights of epoch {epoch + 1} were not saved"
+    else:
+        kept = f"the last finite checkpoint (epoch {epoch}) is kept in {out / 'last.pt'}"
+    message = (f"training diverged: {subject} at epoch {epoch + 1}, step {index + 1}{also}: "
+               f"lower --lr or add --warmup-epochs; {kept}")
+    return RobevalError(message) if world.is_main else PeerError(message)
 
 
 def validate(model: nn.Module, source: BatchSource, eps: float, steps: int, norm: str,
@@ -311,6 +375,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     rank 0 writes files, logs and calls `callbacks`.
     """
     out = Path(out)
+    validate_config(config)   # a TrainConfig built in code skips config_from_dict's checks
     world = world or current()
     log = main_only(log, world)
     state, history = on_main(lambda: _open_run(out, config, resume, force, world, log), world)
@@ -344,7 +409,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
         started = time.perf_counter()
         torch.manual_seed(rank_seed(epoch_seed(config.seed, epoch), world))
         row = {"epoch": epoch + 1, "lr": lr_at(config, epoch), "eps": eps_at(config, epoch)}
-        row.update(train_one_epoch(model, optimizer, data.train, config, epoch, progress, world))
+        row.update(train_one_epoch(model, optimizer, data.train, config, epoch, progress, world,
+                                   out))
         row.update(validate(network, val_source, config.adversary.eps, config.val_pgd_steps,
                             config.adversary.norm, config.val_batch_size,
                             epoch_seed(config.seed, epoch) + 1, world))
