@@ -28,9 +28,11 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff over the package, the tests and the benchmarks."""
-    session.install("ruff")
+    """ruff over the package, the tests and the benchmarks; the import-layer contract of
+    pyproject.toml (`[tool.importlinter]`: imports flow down the user flow)."""
+    session.install("ruff", "import-linter")
     session.run("ruff", "check", "robeval", "tests", "benchmarks", "noxfile.py")
+    session.run("lint-imports")
 
 
 @nox.session

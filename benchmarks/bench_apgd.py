@@ -33,6 +33,7 @@ from markdown import device_label, write_section  # noqa: E402
 
 from robeval.attacks import ThreatModel, build_attack  # noqa: E402
 from robeval.data import load_test_set  # noqa: E402
+from robeval.evaluate import gated  # noqa: E402
 from robeval.runs import load_model  # noqa: E402
 from robeval.spec import parse_eps  # noqa: E402
 from robeval.train import resolve_config, resolve_device, train  # noqa: E402
@@ -102,7 +103,7 @@ def clean_correct(model: nn.Module, n: int, args, device: torch.device) -> tuple
 def measured(model: nn.Module, spec: str, eps: float, images: Tensor, labels: Tensor, seed: int):
     """(broken mask, passes per image, seconds, the outcome's notes) of one attack."""
     counting = Counting(model)
-    attack = build_attack(spec, ThreatModel(eps))
+    (attack,) = gated([build_attack(spec, ThreatModel(eps))])
     started = time.perf_counter()
     outcome = attack.run(counting, images, labels, seed)
     seconds = time.perf_counter() - started

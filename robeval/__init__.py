@@ -6,7 +6,7 @@ The package follows the user flow: ``data`` â†’ ``models`` (+ ``activations``) â
 any ``nn.Module`` from Python; they are imported on first use, so ``import robeval`` stays light.
 """
 
-__version__ = "0.1.0"
+from robeval.version import __version__
 
 _API = ("evaluate_model", "diagnose_model", "attack_tensors")
 __all__ = ["__version__", *_API]

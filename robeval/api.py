@@ -28,7 +28,7 @@ from robeval.attacks.guard import model_dtype
 from robeval.data import dataset_info
 from robeval.data.contract import check_image_tensors
 from robeval.device import resolve_device
-from robeval.diagnostics.run import Diagnosis, diagnose, flag_lines
+from robeval.diagnose import Diagnosis, diagnose, flag_lines
 from robeval.errors import RobevalError
 from robeval.evaluate import (
     CHECK_IMAGES,
@@ -38,6 +38,7 @@ from robeval.evaluate import (
     ResolvedEval,
     conclude,
     evaluate,
+    gated,
     guarded,
     open_evaluation,
     prepare_model,
@@ -127,7 +128,7 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     source = ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
                          num_classes=classes, eps=eps, norm=plan.norm, config=module_config(model, outputs),
                          probe_fingerprint=outputs)
-    attacks = parse_suite(suite, ThreatModel(eps, plan.norm))
+    attacks = gated(parse_suite(suite, ThreatModel(eps, plan.norm)))
     store = open_store(store)
     with borrowed(model):
         device_ = resolve_device(device)

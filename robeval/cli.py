@@ -201,9 +201,8 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
     click.echo(f"{source.name} on {n_done} images ({mode}); outcomes in {db} (run "
                f"{result.run_id})")
     click.echo(format_summary(result.summary))
-    for check in result.checks:
-        if not check.passed:
-            click.echo(f"FLAG {check.name}: {check.flag}")
+    for line in result.flag_lines() + result.note_lines():
+        click.echo(line)
     if result.checks and all(check.passed for check in result.checks):
         click.echo(f"gradient-masking checks passed: {', '.join(c.name for c in result.checks)}")
 
@@ -232,8 +231,8 @@ def diagnose(model_spec, eps, norm, n_images, check_names, pgd_steps, device, da
     import pandas as pd
 
     from robeval.device import resolve_device
-    from robeval.diagnostics.run import checks_table
-    from robeval.diagnostics.run import diagnose as run_diagnose
+    from robeval.diagnose import checks_table
+    from robeval.diagnose import diagnose as run_diagnose
     from robeval.evaluate import EvalConfig
     from robeval.results import ResultsStore
     from robeval.sources import load_source

@@ -32,11 +32,13 @@ from robeval.attacks.guard import GuardedModel, ModelContractError
 from robeval.attacks.verify import Verified, majority_logits, verify
 from robeval.data import dataset_info, load_test_set
 from robeval.device import resolve_device
+from robeval.diagnostics.masking import masking_gate, run_checks
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
 from robeval.errors import RobevalError
+from robeval.identity import ModelSource, source_identity
 from robeval.results import OutcomeRow, Passes, ResultsStore, RunRecord, SampleRow
-from robeval.sources import ModelSource, source_identity
 from robeval.spec import parse_eps
+from robeval.version import __version__
 
 MODES = ("cascade", "independent")
 CHECK_IMAGES = 200            # images the cheap masking checks look at
@@ -130,8 +132,6 @@ def batch_seed(seed: int, batch: int, position: int) -> int:
 
 def library_versions() -> dict[str, str]:
     """Versions of the libraries that decide the numbers."""
-    from robeval import __version__
-
     versions = {"robeval": __version__}
     for package in ("torch", "pyautoattack", "robustbench", "timm"):
         try:
@@ -319,7 +319,7 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore | None
     log = main_only(log, world)
     plan = resolve(config, source)
     device = rank_device(resolve_device(config.device), world)
-    attacks = parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm))
+    attacks = gated(parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm)))
     test = load_test_set(plan.dataset, plan.data_dir, plan.n)
     info = dataset_info(plan.dataset)
     if tuple(test.images.shape[1:]) != (info.channels, info.image_size, info.image_size):
@@ -392,6 +392,14 @@ def run_batches(model: GuardedModel, attacks: list[Attack], images: Tensor, labe
     bar.close()
 
 
+def gated(attacks: list[Attack]) -> list[Attack]:
+    """The attacks, each one that has a masking gate (aa-fast) handed robeval's."""
+    for attack in attacks:
+        if hasattr(attack, "gate"):
+            attack.gate = masking_gate
+    return attacks
+
+
 def guarded(model: nn.Module, source: ModelSource) -> GuardedModel:
     """The prepared model behind the output contract of `robeval.attacks.guard`."""
     return GuardedModel(model, source.num_classes, source.name)
@@ -445,8 +453,6 @@ def open_evaluation(source: ModelSource, config: EvalConfig, plan: ResolvedEval,
 
 def run_cheap_checks(model: nn.Module, images: Tensor, labels: Tensor, plan: ResolvedEval) -> list:
     """The cheap gradient-masking checks on the first images of the evaluation."""
-    from robeval.diagnostics.masking import run_checks
-
     return run_checks(model, images, labels, eps=plan.eps, norm=plan.norm, seed=plan.seed,
                       names="cheap")
 

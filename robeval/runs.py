@@ -9,9 +9,8 @@ import torch
 from robeval.checkpoints import load_checkpoint
 from robeval.data import dataset_info
 from robeval.errors import RobevalError
-from robeval.models import NormalizedModel, load_state_dict_checked
+from robeval.models import NormalizedModel, load_state_dict_checked, model_for
 from robeval.train.config import config_from_dict, merge
-from robeval.train.loop import model_for
 
 
 def checkpoint_path(path: str | Path) -> Path:
@@ -33,6 +32,6 @@ def load_model(path: str | Path, device: str | torch.device = "cpu",
         raise RobevalError(f"{file} is not a robeval checkpoint (no model and config inside)")
     overrides = {k: v for k, v in model_overrides.items() if v is not None}
     config = config_from_dict(merge(checkpoint["config"], {"model": overrides}))
-    model = model_for(config, dataset_info(config.data.dataset))
+    model = model_for(config.model, dataset_info(config.data.dataset))
     load_state_dict_checked(model, checkpoint["model"], str(file))
     return model.to(device).eval()

@@ -87,7 +87,7 @@ def aa_run(model, points):
 def test_breaks_everything_aa_breaks_at_a_fraction_of_the_cost(model, points, aa_run):
     aa, aa_passes = aa_run
     counting = Counting(model)
-    attack = build_attack("aa-fast", ThreatModel(EPS))
+    attack = gated(build_attack("aa-fast", ThreatModel(EPS)))
     fast = attack.run(counting, *points, SEED)
     assert 0 < int(aa.robust.sum()) < len(aa.robust)
     assert not (fast.robust & ~aa.robust).any()          # nothing aa breaks is left standing
@@ -106,12 +106,24 @@ def test_a_masked_model_does_not_fool_it(model, points):
     standing = torch.ones(len(points[1]), dtype=torch.bool)
     for position, attack in enumerate(gradient_only):
         standing &= attack.run(masked, *points, SEED + position).robust
-    fast_attack = build_attack("aa-fast(queries=300)", threat)
+    fast_attack = gated(build_attack("aa-fast(queries=300)", threat))
     fast = fast_attack.run(masked, *points, SEED)
     gate = fast.notes["gate"]
     assert gate["fired"] and any(flag.startswith("gradients") for flag in gate["flags"])
     assert int(standing.sum()) >= len(standing) // 2     # the gradient stages alone are fooled
     assert int(fast.robust.sum()) <= int(standing.sum()) // 2
+
+
+def gated(attack):
+    """The attack with the masking gate the evaluation engine hands it."""
+    from robeval.evaluate import gated as engine_gated
+
+    return engine_gated([attack])[0]
+
+
+def test_without_its_gate_it_refuses_to_run(model, points):
+    with pytest.raises(RobevalError, match="no masking gate"):
+        build_attack("aa-fast(iters=2)", ThreatModel(EPS)).run(model, *points, SEED)
 
 
 def test_options_and_errors():

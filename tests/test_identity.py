@@ -11,7 +11,7 @@ from robeval.api import python_source
 from robeval.data.digits import read_digits
 from robeval.evaluate import ResolvedEval, run_key
 from robeval.results import ResultsStore
-from robeval.sources import (
+from robeval.identity import (
     PROBE_IMAGES,
     ModelSource,
     module_fingerprint,

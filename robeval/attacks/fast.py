@@ -6,10 +6,11 @@ Three stages, each on the points the previous ones left standing:
 2. `apgd-t(select=malt,targets=k)`: targeted APGD-DLR against the k classes with the smallest
    MALT score (the most promising targets), early exit;
 3. Square (pyautoattack's, `queries` queries, AutoAttack's settings) on the points still
-   standing, but only when the masking gate fires: the cheap gradient-masking checks of
-   `robeval.diagnostics.masking` run on the points still standing and a sample of the others
-   (`gate_sample`), and the stages' own counts decide `loss_dependence` (the DLR stage broke
-   markedly more than cross-entropy could). On a model whose gradients can be trusted the two
+   standing, but only when the masking gate fires. The gate is handed to the attack by the
+   evaluation engine (`robeval.diagnostics.masking.masking_gate`, which sits above the attacks):
+   the cheap gradient-masking checks run on the points still standing and a sample of the
+   others (`gate_sample`), and the stages' own counts decide `loss_dependence` (the DLR stage
+   broke markedly more than cross-entropy could). On a model whose gradients can be trusted the two
    gradient stages do what APGD-CE, APGD-T and FAB-T do in AutoAttack; where they cannot, the
    gradient-free attack decides.
 
@@ -26,6 +27,8 @@ The outcome's notes record the gate of each batch (points judged, fired, flags).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
@@ -40,12 +43,18 @@ CHECK_IMAGES = 200      # at most this many points of a batch go to the masking 
 GATE_SAMPLE = 32        # points broken by the gradient stages that the gate looks at as well
 DEFAULTS = {"iters": 100, "targets": 3, "queries": 5000}
 
+# gate(model, images, labels, threat, seed, (points the CE stage broke, points the DLR stage broke))
+# -> the flags raised (empty: the gate stays shut)
+Gate = Callable[[nn.Module, Tensor, Tensor, ThreatModel, int, tuple[int, int]], list[str]]
+
 
 class FastAutoAttack:
     """`aa-fast` (see the module doc)."""
 
-    def __init__(self, threat: ThreatModel, iters: int = 100, targets: int = 3, queries: int = 5000):
+    def __init__(self, threat: ThreatModel, iters: int = 100, targets: int = 3, queries: int = 5000,
+                 gate: Gate | None = None):
         self.threat, self.norm = threat, NORMS.resolve(threat.norm)
+        self.gate = gate  # the evaluation engine hands it `robeval.diagnostics.masking.masking_gate`
         self.stages = [APGDAttack("apgd-ce", threat, "ce", iters=iters),
                        APGDAttack("apgd-t", threat, "dlr-targeted", iters=iters, targets=targets,
                                   select="malt")]
@@ -66,9 +75,13 @@ class FastAutoAttack:
             outcome = state.apply(stage, model, images, labels, seed + position, live_classes=live)
             broke.append(outcome)
             live = outcome.notes["predicted"] if live is None else live | outcome.notes["predicted"]
+        if self.gate is None:
+            raise RobevalError("aa-fast has no masking gate: run it through robeval's evaluation "
+                               "(robeval attack, evaluate_model, attack_tensors) or set its `gate` to "
+                               "robeval.diagnostics.masking.masking_gate")
         gate_points = gate_sample(state.robust, seed).to(images.device)
-        flags = masking_flags(model, images[gate_points], labels[gate_points], self.threat, seed)
-        flags += loss_dependence_flags(*broke)
+        counts = tuple(0 if outcome is None else outcome.notes["broke"] for outcome in broke)
+        flags = self.gate(model, images[gate_points], labels[gate_points], self.threat, seed, counts)
         if flags:
             state.apply(self.black_box, model, images, labels, seed + len(self.stages), queries=True)
         outcome = evaluate_examples(model, state.worst, images, labels, self.norm, state.iterations)
@@ -116,33 +129,6 @@ def gate_sample(robust: Tensor, seed: int) -> Tensor:
     wanted = min(len(others), max(GATE_SAMPLE, len(standing) // 4), CHECK_IMAGES - len(standing))
     sample = others[torch.randperm(len(others), generator=generator)[:max(wanted, 0)]]
     return torch.cat([standing, sample]).sort().values
-
-
-def masking_flags(model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel,
-                  seed: int) -> list[str]:
-    """The flags that the cheap gradient-masking checks raise on these points (empty: none).
-
-    The `loss_dependence` check is left out: aa-fast's own stages give its numbers.
-    """
-    # diagnostics sits above attacks (it runs them), so it is imported at call time
-    from robeval.diagnostics.masking import CHEAP_CHECKS, run_checks
-
-    if len(images) == 0:
-        return []
-    names = [name for name in CHEAP_CHECKS if name != "loss_dependence"]
-    results = run_checks(model, images, labels, eps=threat.eps, norm=threat.norm, seed=seed, names=names)
-    return [f"{result.name}: {result.flag}" for result in results if not result.passed]
-
-
-def loss_dependence_flags(cross_entropy: AttackOutcome | None, margin: AttackOutcome | None) -> list[str]:
-    """The `loss_dependence` flag from the stages' counts: the DLR stage broke markedly more of
-    the points than cross-entropy could (see `robeval.diagnostics.masking.loss_dependence`)."""
-    from robeval.diagnostics.masking import loss_dependence
-
-    if cross_entropy is None or margin is None:
-        return []
-    verdict = loss_dependence(cross_entropy.notes["broke"], margin.notes["broke"])
-    return [f"loss_dependence: {verdict['flag']}"] if verdict["flag"] else []
 
 
 def _build(threat: ThreatModel, options: dict) -> FastAutoAttack:

@@ -679,6 +679,19 @@ CHEAP_CHECKS: tuple[str, ...] = ("determinism", "logits", "gradients", "gradient
                                  "loss_dependence", "autoattack_checks", "fgsm_vs_pgd")
 
 
+def masking_gate(model: nn.Module, images: Tensor, labels: Tensor, threat: ThreatModel, seed: int,
+                 stage_counts: tuple[int, int]) -> list[str]:
+    """aa-fast's masking gate: the flags the cheap checks raise on these points, and the
+    `loss_dependence` rule on the counts of its cross-entropy and DLR stages (empty: shut)."""
+    flags = []
+    if len(images):
+        names = [name for name in CHEAP_CHECKS if name != "loss_dependence"]
+        checks = run_checks(model, images, labels, eps=threat.eps, norm=threat.norm, seed=seed, names=names)
+        flags = [f"{check.name}: {check.flag}" for check in checks if not check.passed]
+    verdict = loss_dependence(*stage_counts)
+    return flags + ([f"loss_dependence: {verdict['flag']}"] if verdict["flag"] else [])
+
+
 def check_names(names: str | Sequence[str] | None = None) -> list[str]:
     """The checks a selection names: None or "cheap", "all", a comma-separated string or a list."""
     if names is None or names == "cheap":

@@ -62,6 +62,13 @@ def resolve_arch(arch: str) -> str:
     return MODELS.resolve(arch)
 
 
+def model_for(model_config, info) -> NormalizedModel:
+    """The network a training config's `model` section describes (arch, activation,
+    smooth_grad), sized for the dataset `info` (classes, channels, mean, std)."""
+    return build_model(model_config.arch, model_config.activation, info.num_classes, info.channels,
+                       info.mean, info.std, model_config.smooth_grad)
+
+
 def build_model(arch: str, activation: str = "relu", num_classes: int = 10,
                 in_channels: int = 3, mean: Sequence[float] = (0.0, 0.0, 0.0),
                 std: Sequence[float] = (1.0, 1.0, 1.0), smooth_grad: str = "none") -> NormalizedModel:

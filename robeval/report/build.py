@@ -107,6 +107,7 @@ def _flags(data: ReportData) -> list[str]:
         for name, check in sorted((row.checks or {}).items()):
             if not check.get("passed", True):
                 lines.append(f"{row.label} (run {row.run_id}): {name}: {check.get('flag')}")
+        lines += [f"{row.label} (run {row.run_id}): {note}" for note in getattr(row, "engine_notes", [])]
     return lines
 
 

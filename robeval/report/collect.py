@@ -110,6 +110,12 @@ def check_run_ids(runs: pd.DataFrame, run_ids: list[int], include_unfinished: bo
                                "`robeval attack` command to finish it, or pass --include-unfinished")
 
 
+def engine_notes(store: ResultsStore, run_id: int) -> list[str]:
+    """What the engine noted about the run's attacks: aa-fast's gate on every batch (fired or
+    not, and by which flags), unconfirmed breaks, projected examples, majority verdicts."""
+    return [line for spec, notes in store.attack_notes(run_id).items() for line in notes.lines(spec)]
+
+
 def collect(store: ResultsStore, run_ids: list[int] | None = None,
             include_unfinished: bool = False) -> ReportData:
     """One row per finished evaluation run (diagnose-only runs are left out).
@@ -140,7 +146,8 @@ def collect(store: ResultsStore, run_ids: list[int] | None = None,
             **facts, "activation_name": name, "activation_params": params,
             "history": history_path(config.get("source") or {}),
             "flags": [name for name, check in checks.items() if not check.get("passed", True)],
-            "checks": checks, "device": run.device, "git_commit": run.git_commit,
+            "checks": checks, "engine_notes": engine_notes(store, run.id),
+            "device": run.device, "git_commit": run.git_commit,
             "versions": run.versions,
         })
         summary = store.summary(run.id)

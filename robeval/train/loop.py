@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robeval.activations import OPTIMIZER, gradient_phase
+from robeval.attacks import ThreatModel, build_attack
 from robeval.attacks.pgd import perturb
 from robeval.checkpoints import (
     atomic_write_text,
@@ -26,6 +27,7 @@ from robeval.checkpoints import (
 from robeval.data import DatasetInfo, load_data
 from robeval.data.batches import BatchSource
 from robeval.device import resolve_device
+from robeval.diagnostics.gradients import gradient_diagnostics, summary_dict
 from robeval.distributed import (
     SINGLE,
     World,
@@ -40,7 +42,8 @@ from robeval.distributed import (
     wrap,
 )
 from robeval.errors import PeerError, RobevalError
-from robeval.models import NormalizedModel, build_model
+from robeval.models import NormalizedModel
+from robeval.models import model_for as build_network
 from robeval.train.config import TrainConfig, config_from_dict, config_to_dict
 from robeval.train.config import validate as validate_config
 from robeval.train.methods import METHODS
@@ -63,8 +66,7 @@ class TrainResult:
 
 def model_for(config: TrainConfig, info: DatasetInfo) -> NormalizedModel:
     """The network a config describes, sized for its dataset."""
-    return build_model(config.model.arch, config.model.activation, info.num_classes,
-                       info.channels, info.mean, info.std, config.model.smooth_grad)
+    return build_network(config.model, info)
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -313,8 +315,6 @@ def fixed_batch(source: BatchSource, size: int):
 
 def epoch_diagnostics(model: nn.Module, batch, config: TrainConfig, seed: int) -> dict:
     """Gradient quality and FGSM/PGD-10 accuracy on the fixed batch, as flat history fields."""
-    from robeval.attacks import ThreatModel, build_attack
-    from robeval.diagnostics.gradients import gradient_diagnostics, summary_dict
 
     images, labels = batch
     eps, norm = config.adversary.eps, config.adversary.norm

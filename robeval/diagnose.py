@@ -14,9 +14,9 @@ from robeval.device import resolve_device
 from robeval.diagnostics.gradients import batch_diagnostics, summarise
 from robeval.diagnostics.masking import CheckResult, run_checks
 from robeval.errors import RobevalError
-from robeval.evaluate import EvalConfig, git_commit, library_versions, prepare_model, resolve
+from robeval.evaluate import EvalConfig, git_commit, guarded, library_versions, prepare_model, resolve
+from robeval.identity import ModelSource, source_identity
 from robeval.results import ResultsStore, RunRecord
-from robeval.sources import ModelSource, source_identity
 
 
 @dataclass
@@ -58,7 +58,7 @@ def diagnose(source: ModelSource, config: EvalConfig, store: ResultsStore | None
     device = resolve_device(config.device)
     test = load_test_set(plan.dataset, plan.data_dir, plan.n)
     images, labels = test.images.to(device).float() / 255, test.labels.to(device)
-    model = prepare_model(source.model, device)
+    model = guarded(prepare_model(source.model, device), source)
     log(f"gradient diagnostics on {len(labels)} images (eps {plan.eps:.4g}, {plan.norm})")
     values = batch_diagnostics(model, images, labels, plan.eps, plan.norm, pgd_steps=pgd_steps,
                                seed=plan.seed)
