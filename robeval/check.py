@@ -49,7 +49,11 @@ from importlib import metadata
 from pathlib import Path
 
 from robeval.checkpoints import atomic_write_text
+from robeval.device import resolve_device
 from robeval.errors import RobevalError
+from robeval.experiments import cells as experiment_cells
+from robeval.experiments import metric_flags, report_dir, run_experiment
+from robeval.results import ResultsStore
 
 FORMAT = "robeval-baseline/1"
 DEFAULT_SEEDS = (0, 1, 2)
@@ -118,27 +122,9 @@ def cell_key(cell_name: str) -> str:
     return re.sub(r"(^|,)seed=-?\d+", "", cell_name).strip(",") or "base"
 
 
-def metric_flags(store, run_id: int) -> dict[str, list[bool]]:
-    """Per-image flags of every summary row: clean-correct, robust after each attack, worst case."""
-    record = store.run_record(run_id)
-    frame = store.per_sample(run_id)
-    clean = frame["clean_correct"].astype(bool)
-    flags = {"clean": clean.tolist()}
-    running = clean
-    for spec in record.attacks:
-        robust = frame[f"outcome_{spec}"] == "robust"
-        running = running & robust if record.mode == "cascade" else clean & robust
-        flags[spec] = running.tolist()
-    flags["worst case"] = frame["robust"].astype(bool).tolist()
-    return flags
-
-
 def measure(experiment, seeds: Sequence[int], root: Path, progress: bool = False,
             log: Callable[[str], None] = print) -> dict[int, dict[str, dict[str, list[bool]]]]:
     """Run `experiment` at `seeds` under `root`: {seed: {cell key: {metric: per-image flags}}}."""
-    from robeval.experiments import run_experiment
-    from robeval.results import ResultsStore
-
     fresh = _fresh_root(experiment, root)
     result = run_experiment(dataclasses.replace(experiment, seeds=tuple(seeds)), fresh,
                             progress=progress, log=log)
@@ -152,8 +138,6 @@ def measure(experiment, seeds: Sequence[int], root: Path, progress: bool = False
 
 def _fresh_root(experiment, root: Path) -> Path:
     """`root`, refusing one that holds earlier runs of the experiment (they would be reused)."""
-    from robeval.experiments import report_dir
-
     root = Path(root)
     for folder in (root / "checkpoints" / experiment.name, report_dir(experiment, root)):
         if folder.exists() and any(folder.iterdir()):
@@ -220,10 +204,7 @@ def build_baseline(experiment, measured: dict[int, dict], seeds: Sequence[int]) 
 
 
 def _device(experiment) -> str:
-    from robeval.device import resolve_device
-    from robeval.experiments import cells
-
-    return str(resolve_device(cells(experiment)[0].config.device))
+    return str(resolve_device(experiment_cells(experiment)[0].config.device))
 
 
 def parse_seeds(text: str) -> list[int]:

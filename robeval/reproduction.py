@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import robeval
 from robeval import experiments as ex
 from robeval.checkpoints import atomic_write_text, read_jsonl
 from robeval.errors import RobevalError
@@ -27,7 +28,7 @@ EXCLUDED = ("regress-mini",)
 
 def mini_studies() -> list[Path]:
     """The shipped `-mini` study files (the regression check's file excluded)."""
-    folder = Path(ex.__file__).resolve().parents[1] / "experiments"
+    folder = Path(robeval.__file__).resolve().parents[1] / "experiments"
     return [p for p in sorted(folder.glob("*-mini.yaml")) if p.stem not in EXCLUDED]
 
 

@@ -161,6 +161,7 @@ def test_rerun_continues_only_what_is_missing(finished_run):
 
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
     import robeval.train as train_module
+    from robeval.experiments import run as run_module
 
     grid = [{"optim.label_smoothing": [0.0, 0.1]}, {"optim.weight_decay": ["5e-4"]}]
     experiment = ex.load_experiment(write(tmp_path, {**TINY, "paper": None, "grid": grid}))
@@ -174,7 +175,7 @@ def test_interrupted_training_resumes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_train(config, out, **kwargs)
 
-    monkeypatch.setattr(train_module, "train", flaky)
+    monkeypatch.setattr(run_module, "train", flaky)   # where _train_cell looks it up
     with pytest.raises(KeyboardInterrupt):
         ex.run_experiment(experiment, tmp_path, progress=False, log=lambda _: None)
     found = ex.cells(experiment)

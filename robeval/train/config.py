@@ -9,8 +9,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from robeval.activations import SMOOTH_GRAD_MODES, activation_factory
 from robeval.attacks.steps import NORMS
 from robeval.data import DATASETS, DataConfig
@@ -18,6 +16,7 @@ from robeval.device import check_device
 from robeval.errors import RobevalError
 from robeval.models import ModelConfig, resolve_arch
 from robeval.spec import parse_eps, parse_number
+from robeval.yamlfile import read_yaml
 
 METHODS = ("standard", "fgsm", "pgd", "trades", "igr")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -309,13 +308,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise RobevalError(f"config file {path} does not exist")
-    try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as err:
-        raise RobevalError(f"config file {path} is not UTF-8 text ({err.reason} at byte "
-                           f"{err.start}): save it as UTF-8") from err
-    except yaml.YAMLError as err:
-        raise RobevalError(f"config file {path} is not valid YAML: {err}".splitlines()[0]) from err
+    values = read_yaml(path, "config file") or {}
     if not isinstance(values, dict):
         raise RobevalError(f"config file {path} must hold a mapping of settings")
     return values

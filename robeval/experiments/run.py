@@ -1,0 +1,127 @@
+"""Running an experiment: training and evaluating its cells, continuing earlier work, and their status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from robeval.attacks import ThreatModel, parse_suite
+from robeval.checkpoints import atomic_write_text, read_jsonl
+from robeval.device import resolve_device
+from robeval.evaluate import EvalConfig, evaluate, resolve, run_key
+from robeval.experiments.grid import Cell, cells, report_dir, run_dir
+from robeval.experiments.report import cells_table, write_report
+from robeval.experiments.spec import CellResult, Experiment, ExperimentResult
+from robeval.results import ResultsStore
+from robeval.sources import load_source
+from robeval.train import train
+from robeval.train.config import TrainConfig
+
+FINISHED_MARKER = "finished.json"
+STORE_NAME = "robeval.sqlite"
+STATUSES = ("done", "trained", "partial", "todo")
+
+
+# --- status -------------------------------------------------------------------------------------
+
+def training_finished(folder: Path, config: TrainConfig) -> bool:
+    """Whether the run in `folder` ended: all epochs written, or stopped early by the loop."""
+    if (folder / FINISHED_MARKER).is_file():
+        return True
+    history = folder / "history.jsonl"
+    return (folder / "best.pt").is_file() and history.is_file() and len(read_jsonl(history)) >= config.epochs
+
+
+def eval_config(experiment: Experiment, cell: Cell) -> EvalConfig:
+    """The evaluation of a cell: the experiment's `attack` on the cell's data folder and device."""
+    return EvalConfig(**experiment.attack, data_dir=cell.config.data.data_dir, device=cell.config.device)
+
+
+def _source(folder: Path):
+    return load_source(folder, device="cpu")
+
+
+def find_evaluation(experiment: Experiment, cell: Cell, root: Path,
+                    store: ResultsStore) -> tuple[int | None, str | None]:
+    """The cell's evaluation run in `store` and its status ('running' or 'finished'), if any."""
+    source = _source(run_dir(experiment, cell, root))
+    config = eval_config(experiment, cell)
+    plan = resolve(config, source)
+    specs = [a.spec for a in parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm))]
+    run_id = store.find_run(run_key(source, plan, specs, str(config.batch_size)))
+    if run_id is None:
+        return None, None
+    return run_id, str(store.runs().set_index("id").loc[run_id, "status"])
+
+
+def cell_status(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> str:
+    """'done' (trained and evaluated), 'trained', 'partial' (training or evaluation started) or 'todo'."""
+    folder = run_dir(experiment, cell, root)
+    if not (folder / "config.yaml").is_file():
+        return "todo"
+    if not training_finished(folder, cell.config):
+        return "partial"
+    store_path = report_dir(experiment, root) / STORE_NAME
+    if not store_path.is_file():
+        return "trained"
+    with ResultsStore(store_path) as store:
+        _, status = find_evaluation(experiment, cell, root, store)
+    return {"finished": "done", "running": "partial"}.get(status, "trained")
+
+
+# --- running ------------------------------------------------------------------------------------
+
+def _train_cell(experiment: Experiment, cell: Cell, root: Path, progress: bool, log) -> None:
+    folder = run_dir(experiment, cell, root)
+    result = train(cell.config, folder, resume=(folder / "config.yaml").is_file(), progress=progress, log=log)
+    atomic_write_text(folder / FINISHED_MARKER, yaml.safe_dump(
+        {"best_epoch": result.best_epoch, "stopped_early": result.stopped_early}))
+
+
+def _headline(store: ResultsStore, run_id: int) -> tuple[float, float]:
+    summary = store.summary(run_id)
+    return float(summary.loc["clean", "accuracy"]), float(summary.loc["worst case", "accuracy"])
+
+
+def run_cell(experiment: Experiment, cell: Cell, root: Path, store: ResultsStore, position: str,
+             progress: bool, log) -> CellResult:
+    """Train a cell unless its training finished, then evaluate it unless that finished."""
+    folder = run_dir(experiment, cell, root)
+    trained = training_finished(folder, cell.config)
+    if not trained:
+        log(f"{position}: training")
+        _train_cell(experiment, cell, root, progress, log)
+    run_id, status = find_evaluation(experiment, cell, root, store)
+    if status == "finished":
+        log(f"{position}: {'done' if trained else 'evaluated'}")
+    else:
+        log(f"{position}: evaluating")
+        source = load_source(folder, device=resolve_device(cell.config.device))
+        run_id = evaluate(source, eval_config(experiment, cell), store, progress=progress, log=log).run_id
+    return CellResult(cell, "done", run_id, *_headline(store, run_id))
+
+
+def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool = False,
+                   progress: bool = True, log: Callable[[str], None] = print) -> ExperimentResult:
+    """Train, evaluate and report every cell of `experiment` under `root`, continuing earlier work.
+
+    With `dry_run`, only the cells and their status are listed; nothing is written.
+    """
+    root = Path(root)
+    todo = cells(experiment)
+    if dry_run:
+        rows = [CellResult(cell, cell_status(experiment, cell, root)) for cell in todo]
+        log(cells_table(rows))
+        return ExperimentResult(experiment, rows)
+    store_path = report_dir(experiment, root) / STORE_NAME
+    result = ExperimentResult(experiment, store=store_path)
+    with ResultsStore(store_path) as store:
+        for index, cell in enumerate(todo, 1):
+            position = (f"cell {index}/{len(todo)} {cell.name} ({index - 1} done, "
+                        f"{len(todo) - index} left)")
+            result.cells.append(run_cell(experiment, cell, root, store, position, progress, log))
+        result.report = write_report(experiment, result.cells, store, root)
+    log(f"report: {result.report.get('md') or next(iter(result.report.values()))}")
+    return result
