@@ -10,7 +10,6 @@ import robeval
 from robeval.api import python_source
 from robeval.data.digits import read_digits
 from robeval.evaluate import ResolvedEval, run_key
-from robeval.results import ResultsStore
 from robeval.identity import (
     PROBE_IMAGES,
     ModelSource,
@@ -19,6 +18,7 @@ from robeval.identity import (
     probe_fingerprint,
     source_identity,
 )
+from robeval.results import ResultsStore
 from tests.conftest import fit_full_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -58,13 +58,7 @@ def checkpoints(iters: int) -> dict[int, int]:
 
 def random_start(shape: torch.Size, eps: float, norm: str, like: Tensor) -> Tensor:
     """APGD's starting perturbation for a whole batch (see the module doc)."""
-    if norm == "linf":
-        draw = 2 * torch.rand(shape, device=like.device, dtype=like.dtype) - 1
-        scale = draw.flatten(1).abs().amax(1)
-    else:
-        draw = torch.randn(shape, device=like.device, dtype=like.dtype)
-        scale = draw.flatten(1).norm(dim=1)
-    return eps * draw / (scale.view(-1, *([1] * (len(shape) - 1))) + 1e-12)
+    return get_norm(norm).scaled_start(shape, eps, like)
 
 
 @dataclass
@@ -209,7 +203,7 @@ def malt_scores(model: nn.Module, images: Tensor, labels: Tensor, norm: str,
         for j in range(chosen.shape[1]):
             gap = true - logits.gather(1, chosen[:, j:j + 1]).squeeze(1)
             (grad,) = torch.autograd.grad(gap.sum(), point, retain_graph=j + 1 < chosen.shape[1])
-            dual = grad.flatten(1).abs().sum(1) if norm == "linf" else grad.flatten(1).norm(dim=1)
+            dual = get_norm(norm).dual_norm(grad)
             scores[rows, chosen[:, j]] = (gap.detach() / dual.clamp_min(1e-12)).float()
     return scores
 

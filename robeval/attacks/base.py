@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from robeval.attacks.losses import margin
+from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError, UnknownNameError
 from robeval.registry import Registry, canonical
 from robeval.spec import parse_spec
@@ -118,8 +119,7 @@ def parse_suite(text: str, threat: ThreatModel) -> list[Attack]:
 
 def perturbation_norms(adversarial: Tensor, images: Tensor, norm: str) -> Tensor:
     """Per-sample ‖x_adv − x‖ in the given norm."""
-    delta = (adversarial - images).flatten(1)
-    return delta.abs().amax(1) if norm == "linf" else delta.norm(dim=1)
+    return get_norm(norm).norm(adversarial - images)
 
 
 @torch.no_grad()

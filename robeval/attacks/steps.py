@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -14,10 +16,16 @@ def _flat_norm(tensor: Tensor, p: float) -> Tensor:
     return norms.view(-1, *([1] * (tensor.dim() - 1)))
 
 
+def _per_sample(values: Tensor, like: Tensor) -> Tensor:
+    """A per-sample tensor shaped to broadcast against a batch like `like`."""
+    return values.view(-1, *([1] * (like.dim() - 1)))
+
+
 class LinfStep:
     """L∞ ball of radius ε: signed-gradient steps, clipping projection."""
 
     name = "linf"
+    display_scale = 255   # radii are written in units of 1/255 (8/255 → "8")
 
     def project(self, delta: Tensor, eps: float) -> Tensor:
         """The closest point of the ε-ball."""
@@ -35,11 +43,33 @@ class LinfStep:
         """Per-sample L∞ norm, shape (N,)."""
         return delta.flatten(1).abs().amax(dim=1)
 
+    def dual_norm(self, grad: Tensor) -> Tensor:
+        """Per-sample ℓ1 norm, the dual of L∞: the largest ⟨grad, δ⟩ over the unit ball."""
+        return grad.flatten(1).abs().sum(dim=1)
+
+    def steepest(self, grad: Tensor, eps: float) -> Tensor:
+        """The ε-ball point of steepest ascent along `grad` (the FGSM step): ε·sign(∇)."""
+        return eps * grad.sign()
+
+    def cube_radius(self, image_numel: int) -> float:
+        """A radius whose ball around any image holds the whole [0,1] cube."""
+        return 1.0
+
+    def scaled_start(self, shape: torch.Size, eps: float, like: Tensor) -> Tensor:
+        """APGD's start (pyautoattack's): a uniform draw in [−1,1] scaled so its largest entry is ε."""
+        draw = 2 * torch.rand(shape, device=like.device, dtype=like.dtype) - 1
+        return eps * draw / (_per_sample(draw.flatten(1).abs().amax(1), draw) + 1e-12)
+
+    def sample(self, shape: torch.Size, eps: float, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+        """A uniform sample from the ε-ball, drawn on the CPU from `generator`."""
+        return (2 * torch.rand(shape, generator=generator, dtype=dtype) - 1) * eps
+
 
 class L2Step:
     """L2 ball of radius ε: normalised-gradient steps, radial projection."""
 
     name = "l2"
+    display_scale = 1
 
     def project(self, delta: Tensor, eps: float) -> Tensor:
         """Scale down the perturbations that leave the ε-ball."""
@@ -60,6 +90,31 @@ class L2Step:
     def norm(self, delta: Tensor) -> Tensor:
         """Per-sample L2 norm, shape (N,)."""
         return delta.flatten(1).norm(dim=1)
+
+    def dual_norm(self, grad: Tensor) -> Tensor:
+        """Per-sample ℓ2 norm (L2 is its own dual)."""
+        return grad.flatten(1).norm(dim=1)
+
+    def steepest(self, grad: Tensor, eps: float) -> Tensor:
+        """The ε-ball point of steepest ascent along `grad`: ε·∇/‖∇‖₂ (0 where ∇ = 0)."""
+        return eps * grad / _per_sample(grad.flatten(1).norm(dim=1).clamp_min(1e-30), grad)
+
+    def cube_radius(self, image_numel: int) -> float:
+        """A radius whose ball around any image holds the whole [0,1] cube: √d."""
+        return math.sqrt(image_numel)
+
+    def scaled_start(self, shape: torch.Size, eps: float, like: Tensor) -> Tensor:
+        """APGD's start (pyautoattack's): a Gaussian draw scaled to norm ε."""
+        draw = torch.randn(shape, device=like.device, dtype=like.dtype)
+        return eps * draw / (_per_sample(draw.flatten(1).norm(dim=1), draw) + 1e-12)
+
+    def sample(self, shape: torch.Size, eps: float, generator: torch.Generator, dtype: torch.dtype) -> Tensor:
+        """A uniform sample from the ε-ball (direction on the sphere, radius ε·U^(1/d)), drawn on
+        the CPU from `generator`."""
+        direction = torch.randn(shape, generator=generator, dtype=dtype)
+        direction = direction / _per_sample(direction.flatten(1).norm(dim=1).clamp_min(1e-30), direction)
+        radius = eps * torch.rand(shape[0], generator=generator, dtype=dtype) ** (1.0 / direction[0].numel())
+        return direction * _per_sample(radius, direction)
 
 
 NORMS: Registry[type] = Registry("norm")

@@ -120,9 +120,7 @@ def _flat_l2(tensor: Tensor) -> Tensor:
 
 def fgsm_direction(grad: Tensor, eps: float, norm: str = "linf") -> Tensor:
     """The FGSM step from a gradient: ε·sign(∇) for L∞, ε·∇/‖∇‖₂ for L2 (0 where ∇ = 0)."""
-    if get_norm(norm).name == "linf":
-        return eps * grad.sign()
-    return eps * grad / _flat_l2(grad).clamp_min(1e-30).view(-1, *([1] * (grad.dim() - 1)))
+    return get_norm(norm).steepest(grad, eps)
 
 
 def fgsm_delta(model: nn.Module, x: Tensor, y: Tensor, eps: float, norm: str = "linf",
@@ -145,13 +143,7 @@ def random_delta(x: Tensor, eps: float, norm: str = "linf", seed: int = 0) -> Te
     """
     generator = torch.Generator().manual_seed(int(seed))
     shape, dtype = x.shape, x.dtype if x.is_floating_point() else torch.float32
-    if get_norm(norm).name == "linf":
-        delta = (2 * torch.rand(shape, generator=generator, dtype=dtype) - 1) * eps
-    else:
-        direction = torch.randn(shape, generator=generator, dtype=dtype)
-        direction = direction / _flat_l2(direction).clamp_min(1e-30).view(-1, *([1] * (x.dim() - 1)))
-        radius = eps * torch.rand(shape[0], generator=generator, dtype=dtype) ** (1.0 / x[0].numel())
-        delta = direction * radius.view(-1, *([1] * (x.dim() - 1)))
+    delta = get_norm(norm).sample(shape, eps, generator, dtype)
     return clip_to_box(x, delta.to(x.device))
 
 

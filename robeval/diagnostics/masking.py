@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from robeval.attacks.autoattack import preserved_global_state
 from robeval.attacks.base import ThreatModel, build_attack
 from robeval.attacks.losses import dlr, input_gradient
-from robeval.attacks.steps import NORMS
+from robeval.attacks.steps import get_norm
 from robeval.diagnostics.gradients import (
     clip_to_box,
     fgsm_direction,
@@ -481,7 +481,7 @@ def _ordered_pairs(values: Sequence[int]) -> list[tuple[tuple[int, int], tuple[i
 
 def unbounded_radius(norm: str, images: Tensor) -> float:
     """A radius whose ball around any image contains the whole [0,1] image cube."""
-    return 1.0 if NORMS.resolve(norm) == "linf" else math.sqrt(images[0].numel())
+    return get_norm(norm).cube_radius(images[0].numel())
 
 
 def check_unbounded(model: nn.Module, images: Tensor, labels: Tensor, *, eps: float | None = None,

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from robeval.activations import ACTIVATIONS, get_activation
+from robeval.attacks.steps import get_norm
 from robeval.checkpoints import read_jsonl
 from robeval.errors import RobevalError
 from robeval.report.collect import ReportData
@@ -290,16 +291,17 @@ def robustness_vs_eps(points: pd.DataFrame, norm: str = "linf") -> Figure:
     L∞ radii are shown in units of 1/255, L2 radii as they are.
     """
     _require(points, ("label", "activation_name", "eps", "accuracy"), "robustness_vs_eps")
-    linf = norm.lower() == "linf"
+    scale = get_norm(norm).display_scale
     fig, (ax,) = _figure(1, width=WIDTH / 2 + 0.5, height=PANEL_HEIGHT + 0.3)
     labels = list(dict.fromkeys(points["label"]))
     specs = points.groupby("label", sort=False)["activation_name"].first()
     styles = line_styles([(label, specs[label]) for label in labels])
     for label in labels:
         run = points[points["label"] == label].sort_values("eps")
-        eps = run["eps"].to_numpy(float) * (255 if linf else 1)
+        eps = run["eps"].to_numpy(float) * scale
         ax.plot(eps, run["accuracy"].to_numpy(float) * 100, marker="o", label=label, **styles[label])
-    ax.set(xlabel="ε (×1/255)" if linf else "ε (L2)", ylabel=f"robust {ACCURACY_LABEL}", ylim=(0, 100))
+    xlabel = "ε (×1/255)" if scale == 255 else "ε (L2)"
+    ax.set(xlabel=xlabel, ylabel=f"robust {ACCURACY_LABEL}", ylim=(0, 100))
     ax.legend(loc="best")
     return fig
 
