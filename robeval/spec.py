@@ -52,6 +52,8 @@ def parse_spec(text: str) -> tuple[str, dict[str, float | int | bool | str]]:
                 raise RobevalError(
                     f"malformed option {item.strip()!r} in {text!r}; expected key=value"
                 )
+            if key.strip() in options:
+                raise RobevalError(f"option {key.strip()!r} is given twice in {text!r}; keep one")
             options[key.strip()] = parse_value(value)
     return name, options
 

@@ -119,6 +119,9 @@ class BatchUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+MAX_BATCH_BYTES = 64 * 2**20   # an official batch is 31 MB (10000 images); subsets are smaller
+
+
 def load_batch_pickle(handle) -> object:
     """Unpickle one batch file with `BatchUnpickler` (Python 2 strings stay bytes)."""
     return BatchUnpickler(handle, encoding="bytes").load()
@@ -158,7 +161,11 @@ def read_batch(path: Path, official: OfficialFile, label_key: bytes,
     fix = f"re-download it or restore the official {path.name}"
     if not path.is_file():
         raise RobevalError(f"missing data file {path}: {fix}")
-    if official.size is not None and path.stat().st_size == official.size:
+    size = path.stat().st_size
+    if size > MAX_BATCH_BYTES:
+        raise RobevalError(f"data file {path} holds {size:,} bytes, more than any CIFAR batch "
+                           f"({MAX_BATCH_BYTES:,} at most): {fix}")
+    if official.size is not None and size == official.size:
         verify_md5(path, official, fix)
     try:
         with open(path, "rb") as handle:

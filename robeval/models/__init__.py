@@ -46,6 +46,15 @@ class ModelConfig:
 
 
 _WRN = re.compile(r"^wrn-(\d+)-(\d+)$")
+MAX_WRN_DEPTH = 1000              # layers
+MAX_WRN_PARAMETERS = 500_000_000  # refused before anything is allocated
+
+
+def wrn_parameters(depth: int, width: int) -> int:
+    """About how many weights WRN-depth-width has: (depth − 4)/6 blocks per group, two 3×3
+    convolutions per block, 16w, 32w and 64w channels in the three groups."""
+    blocks = (depth - 4) // 6
+    return 2 * 9 * blocks * (16 * width) ** 2 * (1 + 4 + 16)
 
 
 def resolve_arch(arch: str) -> str:
@@ -57,6 +66,13 @@ def resolve_arch(arch: str) -> str:
             raise RobevalError(
                 f"model {arch!r}: a WRN needs depth 6n+4 with n ≥ 1 (e.g. 16, 28, 34) and "
                 f"width ≥ 1, got depth {depth} and width {width}"
+            )
+        size = wrn_parameters(depth, width)
+        if depth > MAX_WRN_DEPTH or size > MAX_WRN_PARAMETERS:
+            raise RobevalError(
+                f"model {arch!r} would have depth {depth} and about {size / 1e6:,.0f} million "
+                f"parameters; robeval builds WRNs up to depth {MAX_WRN_DEPTH} and "
+                f"{MAX_WRN_PARAMETERS / 1e6:,.0f} million parameters (WRN-70-16 has 267 million)"
             )
         return canonical(arch)
     return MODELS.resolve(arch)

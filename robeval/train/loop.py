@@ -48,6 +48,7 @@ from robeval.train.config import TrainConfig, config_from_dict, config_to_dict
 from robeval.train.config import validate as validate_config
 from robeval.train.methods import METHODS
 from robeval.train.schedule import eps_at, lr_at
+from robeval.yamlfile import parse_yaml
 
 RUN_FILES = ("config.yaml", "last.pt", "best.pt", "history.jsonl")
 EpochCallback = Callable[[int, dict, nn.Module], None]  # (epoch, history row, model)
@@ -114,7 +115,7 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -
 def _saved_config(path: Path) -> dict:
     """The config.yaml of an existing run; an unreadable one is a one-line error."""
     try:
-        saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        saved = parse_yaml(path.read_text(encoding="utf-8"), str(path))
     except (UnicodeDecodeError, yaml.YAMLError) as err:
         raise RobevalError(f"{path} is corrupt ({type(err).__name__}): restore it, or pass "
                            "--force to start the run over") from err
