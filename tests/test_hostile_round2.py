@@ -1,0 +1,95 @@
+"""Hostile input, round 2: resource bombs and ambiguous specs are refused before any work."""
+
+from __future__ import annotations
+
+import pickle
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from robeval.attacks import ThreatModel, parse_suite
+from robeval.cli import main
+from robeval.errors import RobevalError
+from robeval.models import resolve_arch
+from robeval.yamlfile import MAX_EXPANDED_NODES, parse_yaml, read_yaml
+
+ALIAS_BOMB = "\n".join(
+    ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    + [f"{chr(ord('a') + i + 1)}: &{chr(ord('a') + i + 1)} [" + ",".join([f"*{chr(ord('a') + i)}"] * 9) + "]"
+       for i in range(7)]
+    + ["epochs: 1"]) + "\n"
+
+
+def one_line_error(args: list[str], capsys) -> str:
+    """Run the CLI, expect exit code 2 and one `error:` line on stderr; return that line."""
+    started = time.perf_counter()
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert time.perf_counter() - started < 60   # refused, not worked through
+    return err
+
+
+def test_an_alias_bomb_is_refused_by_size_not_built(tmp_path):
+    path = tmp_path / "bomb.yaml"
+    path.write_text(ALIAS_BOMB)
+    with pytest.raises(RobevalError, match="nested aliases"):
+        read_yaml(path, "config file")
+    # the same aliases within the limit are fine
+    assert parse_yaml("a: &a [1, 2]\nb: [*a, *a]\n", "x") == {"a": [1, 2], "b": [[1, 2], [1, 2]]}
+    assert parse_yaml("", "x") is None
+    wide = "a: [" + ",".join(["1"] * (MAX_EXPANDED_NODES + 5)) + "]"
+    with pytest.raises(RobevalError, match="more than 100,000 values"):
+        parse_yaml(wide, "x")
+
+
+@pytest.mark.parametrize("where", ["train-config", "experiment"])
+def test_alias_bombs_reach_no_command(where, tmp_path, capsys):
+    bomb = tmp_path / "bomb.yaml"
+    if where == "train-config":
+        bomb.write_text(ALIAS_BOMB)
+        err = one_line_error(["train", "--config", str(bomb), "--out", str(tmp_path / "run")], capsys)
+        assert not (tmp_path / "run").exists()
+    else:
+        bomb.write_text(ALIAS_BOMB.replace("epochs: 1", "description: *h"))
+        err = one_line_error(["run", str(bomb), "--dry-run"], capsys)
+    assert "nested aliases" in err
+
+
+def test_an_option_given_twice_is_refused():
+    with pytest.raises(RobevalError, match="'restarts' is given twice"):
+        parse_suite("pgd10(restarts=1,restarts=2)", ThreatModel(8 / 255))
+
+
+@pytest.mark.parametrize("arch", ["wrn-34-100000", "wrn-10-400", "wrn-1006-1"])
+def test_wide_resnets_beyond_any_published_size_are_refused(arch, tmp_path, capsys):
+    with pytest.raises(RobevalError, match="million parameters"):
+        resolve_arch(arch)
+    err = one_line_error(["train", "--model", arch, "--out", str(tmp_path / "run"), "--epochs", "1"], capsys)
+    assert "WRN-70-16" in err
+    assert resolve_arch("wrn-70-16") == "wrn-70-16"
+
+
+def test_a_batch_of_shared_references_is_refused_quickly(cifar10_mini_dir, tmp_path, capsys):
+    folder = tmp_path / "data"
+    shutil.copytree(Path(cifar10_mini_dir), folder)
+    for file in folder.rglob("*"):
+        file.chmod(0o644 if file.is_file() else 0o755)
+    nested: list = []
+    for _ in range(40):
+        nested = [nested, nested]   # 2**40 leaves when walked, a few hundred bytes on disk
+    batch = {b"data": nested, b"labels": nested, b"batch_label": b"x", b"filenames": []}
+    (folder / "cifar-10-batches-py" / "data_batch_1").write_bytes(pickle.dumps(batch))
+    err = one_line_error(["train", "--dataset", "cifar10", "--data-dir", str(folder), "--epochs", "1",
+                          "--out", str(tmp_path / "run")], capsys)
+    assert "data_batch_1" in err
+
+
+def test_an_oversized_batch_file_is_refused_before_reading(cifar10_mini_dir, tmp_path, monkeypatch):
+    from robeval.data import cifar
+
+    monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 1000)
+    with pytest.raises(RobevalError, match="more than any CIFAR batch"):
+        cifar.read_cifar(cifar.CIFAR10, "test", Path(cifar10_mini_dir), "cifar10")
