@@ -12,7 +12,7 @@ import pandas as pd
 from robeval.data import load_test_set
 from robeval.device import resolve_device
 from robeval.diagnostics.gradients import batch_diagnostics, summarise
-from robeval.diagnostics.masking import CheckResult, run_checks
+from robeval.diagnostics.masking import CheckResult, check_names, run_checks
 from robeval.errors import RobevalError
 from robeval.evaluate import EvalConfig, git_commit, guarded, library_versions, prepare_model, resolve
 from robeval.identity import ModelSource, source_identity
@@ -54,6 +54,7 @@ def diagnose(source: ModelSource, config: EvalConfig, store: ResultsStore | None
     """Gradient diagnostics on the first `config.n` test images, then the masking checks."""
     if pgd_steps < 1:
         raise RobevalError(f"--pgd-steps {pgd_steps} must be at least 1 (e.g. 10)")
+    check_names(checks)  # before any work: a misspelt check must not cost the diagnostics
     plan = resolve(config, source)
     device = resolve_device(config.device)
     test = load_test_set(plan.dataset, plan.data_dir, plan.n)

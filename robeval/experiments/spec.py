@@ -11,9 +11,10 @@ from typing import Any
 import robeval
 from robeval.attacks import NORMS, ThreatModel, parse_suite
 from robeval.errors import RobevalError
-from robeval.evaluate import MODES, EvalConfig, check_batch_size
+from robeval.evaluate import EvalConfig, check_batch_size, check_mode
 from robeval.experiments.grid import Cell, cells, safe_name, spec_setting
 from robeval.findings import Finding, parse_findings
+from robeval.report import FORMATS
 from robeval.spec import parse_eps
 from robeval.train.config import SECTIONS, TrainConfig, merge
 from robeval.yamlfile import read_yaml
@@ -182,9 +183,9 @@ def load_experiment(path_or_name: str | Path, data_dir: str | None = None) -> Ex
     _check_keys(attack, EVAL_FIELDS, f"'attack' of {path}")
     _check_keys(report, REPORT_KEYS, f"'report' of {path}")
     name = str(values.get("name") or path.stem)
-    if safe_name(name) != name:
+    if safe_name(name) != name or set(name) <= {"."}:
         raise RobevalError(f"experiment name {name!r} in {path} must use only letters, digits, "
-                           "'.', '_' and '-'")
+                           "'.', '_' and '-', and not only dots (it names folders)")
     experiment = Experiment(name, str(values.get("description") or ""), base,
                             _parse_grid(values.get("grid"), str(path)),
                             _parse_seeds(values.get("seeds"), str(path)), attack, report,
@@ -192,7 +193,24 @@ def load_experiment(path_or_name: str | Path, data_dir: str | None = None) -> Ex
                             parse_findings(values.get("findings"), str(path)))
     _check_paper_cells(experiment)
     _check_attack(experiment)
+    _check_report(experiment)
     return experiment
+
+
+def _check_report(experiment: Experiment) -> None:
+    """The `report` section's formats and baseline, checked before any cell trains."""
+    where = f"'report' of {experiment.path}"
+    formats = experiment.report.get("formats", FORMATS)
+    names = formats.split(",") if isinstance(formats, str) else formats
+    if not isinstance(names, (list, tuple)) or not names \
+            or any(not isinstance(name, str) or name.strip() not in FORMATS for name in names):
+        raise RobevalError(f"{where}: formats {formats!r} must be a comma-separated list of "
+                           f"{', '.join(FORMATS)}")
+    baseline = experiment.report.get("baseline", "first")
+    known = [cell.name for cell in cells(experiment)]
+    if baseline not in (None, "none", "first") and baseline not in known:
+        raise RobevalError(f"{where}: baseline {baseline!r} is not first, none or a cell: "
+                           f"{', '.join(known)}")
 
 
 def _check_attack(experiment: Experiment) -> None:
@@ -200,8 +218,7 @@ def _check_attack(experiment: Experiment) -> None:
     where = f"'attack' of {experiment.path}"
     try:
         config = EvalConfig(**experiment.attack)
-        if config.mode not in MODES:
-            raise RobevalError(f"unknown mode {config.mode!r}; known: {', '.join(MODES)}")
+        check_mode(config.mode)
         check_batch_size(config.batch_size)
         if config.n is not None and (not isinstance(config.n, int) or config.n < 1):
             raise RobevalError(f"n={config.n!r} must be a positive whole number of test images")

@@ -13,12 +13,13 @@ import pandas as pd
 from robeval.activations import get_activation
 from robeval.checkpoints import remove_stale_temporaries
 from robeval.errors import RobevalError
-from robeval.report import figures, tables
+from robeval.report import FORMATS, figures, tables
 from robeval.report.collect import ReportData, collect
 from robeval.report.render import WRITERS, Report, Section
 from robeval.results import ResultsStore
 
-FORMATS = tuple(WRITERS)
+if set(FORMATS) != set(WRITERS):  # the light list that experiments check against, kept honest
+    raise ImportError(f"robeval.report.FORMATS {FORMATS} must name the writers {tuple(WRITERS)}")
 DEFAULT_ACTIVATIONS = ("relu", "softplus", "silu", "gelu", "elu", "smoothrelu")
 
 

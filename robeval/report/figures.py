@@ -23,6 +23,7 @@ from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
+from matplotlib.text import Text
 
 from robeval.activations import ACTIVATIONS, get_activation
 from robeval.attacks.steps import get_norm
@@ -118,15 +119,30 @@ def line_styles(items: Sequence[tuple[str, str | None]],
 
 # --- shared helpers ------------------------------------------------------------------------
 
+R_FGSM_LABEL = r"$R(x, \delta_{\mathrm{FGSM}})$"
+GRAD_L1_LABEL = r"$\|\nabla_x L\|_1$"
+MATH_LABELS = frozenset({R_FGSM_LABEL, GRAD_L1_LABEL})   # robeval's own mathtext, nothing else
+
+
 def styled(function: Callable[..., Figure]) -> Callable[..., Figure]:
     """Build the figure under the report's font sizes and grid style."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs) -> Figure:
         with mpl.rc_context(STYLE):
-            return function(*args, **kwargs)
+            return literal_names(function(*args, **kwargs))
 
     return wrapper
+
+
+def literal_names(fig: Figure) -> Figure:
+    """Every text of the figure drawn as written, except robeval's own axis formulas: a run or
+    class name holding `$...$` must not be parsed as mathtext (an unknown macro would stop the
+    whole report)."""
+    for text in fig.findobj(Text):
+        if text.get_text() not in MATH_LABELS:
+            text.set_parse_math(False)
+    return fig
 
 
 def _figure(ncols: int, nrows: int = 1, width: float = WIDTH,
@@ -256,8 +272,8 @@ def gradient_quality_curves(histories: Histories, colors: Mapping[str, str] | No
                            "(train with --diagnostics-batch N)")
     fig, axes = _figure(2)
     styles = line_styles([(label, spec) for label, (spec, _) in runs.items()], colors)
-    panels = ((f"diag_R_fgsm_{statistic}", r"$R(x, \delta_{\mathrm{FGSM}})$", "linearisation error"),
-              (f"diag_grad_l1_{statistic}", r"$\|\nabla_x L\|_1$", "input-gradient norm"))
+    panels = ((f"diag_R_fgsm_{statistic}", R_FGSM_LABEL, "linearisation error"),
+              (f"diag_grad_l1_{statistic}", GRAD_L1_LABEL, "input-gradient norm"))
     for ax, (key, ylabel, title) in zip(axes, panels, strict=True):
         for label, (_, rows) in runs.items():
             _plot_with_collapse(ax, rows, key, label, styles[label])

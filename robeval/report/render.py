@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
 from robeval.checkpoints import atomic_output, atomic_write_bytes, atomic_write_text  # noqa: E402
-from robeval.report.tables import Table, to_latex, to_markdown  # noqa: E402
+from robeval.report.tables import Table, md_escape, to_latex, to_markdown  # noqa: E402
 from robeval.report.typeset import typeset  # noqa: E402
 
 
@@ -46,7 +46,7 @@ class Report:
 def write_markdown(report: Report, out: Path) -> Path:
     """report.md with the tables and the figures as PNGs beside it."""
     lines = [f"# {report.title}", ""]
-    lines += [f"- **{key}**: {value}" for key, value in report.provenance.items()] + [""]
+    lines += [f"- **{key}**: {md_escape(value)}" for key, value in report.provenance.items()] + [""]
     for table in report.tables:
         lines += [f"## {table.title}", "", to_markdown(table), ""]
         if table.notes:
@@ -58,7 +58,7 @@ def write_markdown(report: Report, out: Path) -> Path:
         lines += [f"## {section.caption.split('.')[0]}", "", f"![{section.caption}]({png.name})", "",
                   f"*{section.caption}*", ""]
     lines += ["## Gradient-masking checks", ""]
-    lines += [f"- {flag}" for flag in report.flags] or ["No check raised a flag."]
+    lines += [f"- {md_escape(flag)}" for flag in report.flags] or ["No check raised a flag."]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -549,18 +549,24 @@ def _align(column: pd.Series) -> str:
     return "c" if len(column) and column.isin([CHECK, CROSS]).all() else "r"
 
 
-def _md_escape(text: str) -> str:
-    return str(text).replace("|", "\\|")
+MARKDOWN_SPECIALS = set("\\`*_[]<>|#~!")   # backslash-escaped, so names cannot format or inject
+
+
+def md_escape(text: str) -> str:
+    """A cell as literal Markdown: one line, every character that could format or open HTML
+    escaped (`&` as an entity), so a hostile name shows as typed."""
+    flat = " ".join(str(text).split("\n")).replace("\r", " ").replace("&", "&amp;")
+    return "".join(f"\\{char}" if char in MARKDOWN_SPECIALS else char for char in flat)
 
 
 def _md_rows(table: Table) -> list[list[str]]:
     """Header and body cells, escaped, bold cells wrapped in **."""
     cells = table.cells
-    rows = [[_md_escape(cells.index.name or "")] + [_md_escape(c) for c in cells.columns]]
+    rows = [[md_escape(cells.index.name or "")] + [md_escape(c) for c in cells.columns]]
     for position, label in enumerate(cells.index):
-        texts = [_md_escape(cells.iat[position, column]) for column in range(cells.shape[1])]
+        texts = [md_escape(cells.iat[position, column]) for column in range(cells.shape[1])]
         marks = table.bold.iloc[position].tolist()
-        rows.append([_md_escape(label)] + [f"**{t}**" if b else t for t, b in zip(texts, marks, strict=True)])
+        rows.append([md_escape(label)] + [f"**{t}**" if b else t for t, b in zip(texts, marks, strict=True)])
     return rows
 
 
@@ -591,7 +597,8 @@ LATEX_CHARS = {
 
 def latex_escape(text) -> str:
     """`text` with LaTeX's special characters escaped and the table's Unicode symbols spelled out."""
-    return "".join(LATEX_CHARS.get(char, char) for char in str(text))
+    flat = " ".join(str(text).splitlines()) if "\n" in str(text) or "\r" in str(text) else str(text)
+    return "".join(LATEX_CHARS.get(char, char) for char in flat)
 
 
 def _caption(table: Table) -> str:
