@@ -93,3 +93,52 @@ def test_an_oversized_batch_file_is_refused_before_reading(cifar10_mini_dir, tmp
     monkeypatch.setattr(cifar, "MAX_BATCH_BYTES", 1000)
     with pytest.raises(RobevalError, match="more than any CIFAR batch"):
         cifar.read_cifar(cifar.CIFAR10, "test", Path(cifar10_mini_dir), "cifar10")
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["other-tables", "other-application", "robeval-like-plus"])
+def test_a_database_of_another_program_is_refused_without_a_byte_changed(kind, tmp_path, capsys):
+    import sqlite3
+
+    from robeval.results import ResultsStore
+
+    path = tmp_path / "theirs.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE notes (x)")
+        if kind == "other-application":
+            db.execute("PRAGMA application_id = 1234")
+        if kind == "robeval-like-plus":
+            db.execute("CREATE TABLE runs (id INTEGER)")
+            db.execute("PRAGMA user_version = 2")
+    before = _sha256(path)
+    with pytest.raises(RobevalError, match="changes nothing in it"):
+        ResultsStore(path)
+    err = one_line_error(["report", "--db", str(path), "--out", str(tmp_path / "r")], capsys)
+    assert "theirs.sqlite" in err
+    assert _sha256(path) == before and not (tmp_path / "theirs.sqlite-wal").exists()
+
+
+def test_a_store_altered_outside_robeval_gives_one_line(tmp_path, capsys):
+    import sqlite3
+
+    from robeval.results import ResultsStore, RunRecord
+
+    path = tmp_path / "s.sqlite"
+    with ResultsStore(path) as store:
+        record = RunRecord(model="m", checkpoint_hash=None, config={}, dataset="cifar10", n=1, eps=0.1,
+                           norm="linf", seed=0, batch_size=1, mode="cascade", attacks=["fgsm"],
+                           versions={}, device="cpu", git_commit=None)
+        run_id = store.open_run("k", record)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE runs SET config = 'not json {' WHERE id = ?", (run_id,))
+    with ResultsStore(path) as store:
+        with pytest.raises(RobevalError, match="the config of run 1 is not JSON"):
+            store.runs()
+        with pytest.raises(RobevalError, match="altered outside robeval"):
+            store.run_record(run_id)
+    one_line_error(["report", "--db", str(path), "--out", str(tmp_path / "r")], capsys)

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
+from robeval.errors import RobevalError
+
 
 @dataclass
 class RunRecord:
@@ -141,3 +143,14 @@ def _opt(kind: type, value: Any) -> Any:
         return None
     value = kind(value)
     return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def stored_json(text: object, path: object, what: str) -> Any:
+    """A JSON value read back from the store at `path`; text that is not JSON (an altered store)
+    is a one-line error naming `what` (e.g. "the config of run 3")."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise RobevalError(f"results database {path}: {what} is not JSON ({type(err).__name__}): the "
+                           "store was altered outside robeval; restore it or pass --db with another "
+                           "path") from err

@@ -100,6 +100,32 @@ _V2_TO_V3 = ["ALTER TABLE attack_seconds ADD COLUMN notes TEXT"]
 _MIGRATIONS: list[list[str]] = [_SCHEMA_V1, _V1_TO_V2, _V2_TO_V3]
 
 
+APPLICATION_ID = 0x52424556   # "RBEV": SQLite's header field that marks a file as robeval's
+ROBEVAL_TABLES = frozenset({"runs", "attacks", "batches", "attack_seconds", "samples", "outcomes"})
+
+
+def ownership_problem(db: sqlite3.Connection) -> str | None:
+    """Why robeval must not write to the database open on `db` (None: it may).
+
+    robeval writes to a store it created (marked with `APPLICATION_ID`), to a new or empty file,
+    or to an unmarked store written by an earlier robeval (its user_version and exactly its
+    tables), never to another program's database. Only reads are made here.
+    """
+    application_id = db.execute("PRAGMA application_id").fetchone()[0]
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    tables = {name for (name,) in db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    if application_id == APPLICATION_ID or (application_id == 0 and version == 0 and not tables):
+        return None
+    if application_id == 0 and 1 <= version <= len(_MIGRATIONS) and tables <= ROBEVAL_TABLES \
+            and "runs" in tables:
+        return None
+    if application_id:
+        return f"is marked as another program's database (application_id {application_id:#x})"
+    listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+    return f"is not a robeval store (it holds the tables {listed or 'none'}, user_version {version})"
+
+
 def migrate(db: sqlite3.Connection, path: Path) -> None:
     """Bring the store at `path`, open on `db` inside a write transaction, to `SCHEMA_VERSION`.
 
@@ -115,3 +141,5 @@ def migrate(db: sqlite3.Connection, path: Path) -> None:
         for statement in statements:
             db.execute(statement)
         db.execute(f"PRAGMA user_version = {step}")
+    if db.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
+        db.execute(f"PRAGMA application_id = {APPLICATION_ID}")

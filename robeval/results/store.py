@@ -6,7 +6,6 @@ Its pandas views come from `robeval.results.views.StoreViews`; the layout is des
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -17,8 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from robeval.errors import RobevalError
-from robeval.results.records import OutcomeRow, Passes, RunRecord, SampleRow, _dumps, _opt
-from robeval.results.schema import MODES, OUTCOMES, RESERVED_ROWS, SCHEMA_VERSION, migrate
+from robeval.results.records import OutcomeRow, Passes, RunRecord, SampleRow, _dumps, _opt, stored_json
+from robeval.results.schema import (
+    MODES,
+    OUTCOMES,
+    RESERVED_ROWS,
+    SCHEMA_VERSION,
+    migrate,
+    ownership_problem,
+)
 from robeval.results.views import StoreViews
 
 BUSY_TIMEOUT_S = 60.0
@@ -57,6 +63,7 @@ class ResultsStore(StoreViews):
         except (OSError, sqlite3.Error) as err:
             raise self._unwritable(err) from err
         try:
+            self._refuse_foreign()
             self._configure()
             self._migrate()
         except RobevalError:
@@ -124,6 +131,13 @@ class ResultsStore(StoreViews):
             f"results database {self.path} is corrupt or not an SQLite file ({_one_line(err)}): "
             "move it away or pass --db with another path"
         )
+
+    def _refuse_foreign(self) -> None:
+        """A one-line error, before anything is written, when the file is not robeval's."""
+        problem = ownership_problem(self._db)
+        if problem:
+            raise RobevalError(f"results database {self.path} {problem}: robeval changes nothing in "
+                               "it; pass --db with a new file")
 
     def _configure(self) -> None:
         self._db.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -297,7 +311,8 @@ class ResultsStore(StoreViews):
         return self._notes(run_id)
 
     def _notes(self, run_id: int) -> dict:
-        return json.loads(self._db.execute("SELECT notes FROM runs WHERE id = ?", (run_id,)).fetchone()[0])
+        text = self._db.execute("SELECT notes FROM runs WHERE id = ?", (run_id,)).fetchone()[0]
+        return stored_json(text, self.path, f"the notes of run {run_id}")
 
     def _require_run(self, run_id: int) -> int:
         """`run_id` as a plain int (ids from a DataFrame are numpy ints); unknown ids are an error."""
@@ -324,7 +339,8 @@ class ResultsStore(StoreViews):
         names = [f.name for f in fields(RunRecord) if f.name != "attacks"]
         row = self._db.execute(f"SELECT {', '.join(names)} FROM runs WHERE id = ?", (run_id,)).fetchone()
         values = dict(zip(names, row, strict=True))
-        values["config"], values["versions"] = json.loads(values["config"]), json.loads(values["versions"])
+        for key in ("config", "versions"):
+            values[key] = stored_json(values[key], self.path, f"the {key} of run {run_id}")
         return RunRecord(**values, attacks=self.attacks(run_id))
 
     # -- batches ------------------------------------------------------------------------------

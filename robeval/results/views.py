@@ -7,13 +7,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pandas as pd
 
 from robeval.errors import RobevalError
-from robeval.results.records import AttackNotes, wilson_interval
+from robeval.results.records import AttackNotes, stored_json, wilson_interval
 
 
 class StoreViews:
@@ -48,7 +47,8 @@ class StoreViews:
                                  dtype=object)
         frame.insert(frame.columns.get_loc("versions"), "attacks", suite_column)
         for column in ("config", "versions", "notes"):
-            frame[column] = frame[column].map(json.loads)
+            frame[column] = [stored_json(text, self.path, f"the {column} of run {run_id}")
+                             for text, run_id in zip(frame[column], frame["id"], strict=True)]
         for column in ("started_at", "finished_at"):
             frame[column] = pd.to_datetime(frame[column], utc=True)
         integers = {column: "int64" for column in ("id", "n", "seed", "batch_size", "batches", "samples")}
@@ -162,7 +162,7 @@ class StoreViews:
         totals = {spec: AttackNotes() for spec in specs}
         for position, text in rows:
             if text is not None and position < len(specs):
-                totals[specs[position]].add(json.loads(text))
+                totals[specs[position]].add(stored_json(text, self.path, f"the notes of run {run_id}"))
         return totals
 
     def worst_case(self, run_id: int, attacks: list[str] | None = None) -> float:
