@@ -28,13 +28,36 @@ twice. Ours is measured on the cells' evaluations:
   three seeds: few seeds make wide intervals, on purpose). With one seed only the image term
   is known, the interval is Δ ± 1.96·SE and says nothing about seed-to-seed spread.
 
-Verdict rule (`verdict`):
+Verdict rule (`verdict`), fixed before any run; P is the paper's difference (better − worse,
+computed from the published rows, `paper_delta`):
 
-* expect higher (the paper says better > worse): *reproduced* when the whole interval is above
-  0, *contradicted* when it is wholly below 0, else *inconclusive at this scale*;
+* expect higher (the paper says better > worse), in this order:
+  - *contradicted* when the whole interval is below 0;
+  - *smaller than published at this scale* when P > 0 and the whole interval is below P/2: the
+    effect, whatever its sign, is less than half the published one (an interval inside
+    (0, P/2) lands here, not in reproduced: the sign holds, the size does not);
+  - *reproduced* when the whole interval is above 0 (and reaches P/2 or beyond);
+  - else *inconclusive at this scale*.
+  With P ≤ 0 or no published P there is no size to fall short of, so only the sign is judged.
 * expect same: *reproduced* when the interval lies inside [−margin, +margin], *contradicted*
-  when it lies wholly outside it, else inconclusive;
+  when it lies wholly outside it, else inconclusive (P plays no part);
 * fewer than two seeds: always inconclusive (no seed spread to judge the difference against).
+
+For expect higher every bound is strict: an interval that touches 0 or P/2 does not cross it
+(for expect same an interval touching ±margin still lies inside it).
+
+Error rates. Each verdict other than inconclusive is a one-sided decision read off the 95%
+two-sided interval, i.e. a one-sided test at 2.5%: when the true difference sits exactly at
+the boundary the decision crosses (0 for reproduced and contradicted, P/2 for smaller than
+published), the interval lies wholly on the wrong side of it with probability at most 2.5%,
+and less the further the truth is from the boundary. So a true difference ≤ 0 is called
+reproduced, a true difference ≥ 0 contradicted, and a true difference ≥ P/2 smaller than
+published, each at most 2.5% of the time (the same ±margin argument holds for expect same at
+the margin). These rates are as good as the interval's coverage: the t interval treats the
+per-seed differences as normal and the image term as known, and is slightly conservative
+because the two variance terms both hold the image×seed noise (see above). The converse is
+the cost of few seeds and images: a finding whose true difference is near a boundary stays
+inconclusive however it comes out, until the interval is narrower than its distance to it.
 """
 
 from __future__ import annotations
@@ -50,6 +73,8 @@ from robeval.errors import RobevalError
 FINDING_KEYS = ("claim", "better", "worse", "metric", "paper_metric", "expect", "margin")
 EXPECTS = ("higher", "same")
 REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclusive at this scale"
+SMALLER = "smaller than published at this scale"
+VERDICTS = (REPRODUCED, SMALLER, CONTRADICTED, INCONCLUSIVE)   # the order reports count them in
 MIN_SEEDS = 2
 # Two-sided 95% Student t quantiles by degrees of freedom; the normal 1.96 beyond the table.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
@@ -126,8 +151,12 @@ def t_quantile(df: int) -> float:
 
 
 def verdict(low: float | None, high: float | None, seeds: int, expect: str = "higher",
-            margin: float | None = None) -> str:
-    """reproduced / contradicted / inconclusive at this scale, by the rule of the module docstring."""
+            margin: float | None = None, published: float | None = None) -> str:
+    """One of VERDICTS for the interval [low, high] (percentage points), by the module docstring's rule.
+
+    `published` is the paper's difference P; only an `expect: higher` finding with P > 0 can be
+    *smaller than published* (its whole interval below P/2).
+    """
     if low is None or high is None or seeds < MIN_SEEDS:
         return INCONCLUSIVE
     if expect == "same":
@@ -136,9 +165,11 @@ def verdict(low: float | None, high: float | None, seeds: int, expect: str = "hi
         if -margin <= low and high <= margin:
             return REPRODUCED
         return CONTRADICTED if low > margin or high < -margin else INCONCLUSIVE
-    if low > 0:
-        return REPRODUCED
-    return CONTRADICTED if high < 0 else INCONCLUSIVE
+    if high < 0:
+        return CONTRADICTED
+    if published is not None and published > 0 and high < published / 2:
+        return SMALLER
+    return REPRODUCED if low > 0 else INCONCLUSIVE
 
 
 def _paired_images(better: Mapping[int, pd.Series], worse: Mapping[int, pd.Series], seeds) -> bool:
@@ -146,8 +177,12 @@ def _paired_images(better: Mapping[int, pd.Series], worse: Mapping[int, pd.Serie
     return len(indices) == 1
 
 
-def measure(finding: Finding, better: Mapping[int, pd.Series], worse: Mapping[int, pd.Series]) -> Measured:
-    """Our difference for `finding` from per-image 0/1 flags (by image index) per seed of each cell."""
+def measure(finding: Finding, better: Mapping[int, pd.Series], worse: Mapping[int, pd.Series],
+            published: float | None = None) -> Measured:
+    """Our difference for `finding` from per-image 0/1 flags (by image index) per seed of each cell.
+
+    `published` is the paper's difference (`paper_delta`), which the verdict measures ours against.
+    """
     seeds = tuple(sorted(set(better) & set(worse)))
     if not seeds:
         return Measured(None, None, None, (), 0, False, INCONCLUSIVE)
@@ -170,7 +205,7 @@ def measure(finding: Finding, better: Mapping[int, pd.Series], worse: Mapping[in
     half = quantile * math.sqrt(seed_var + image_var)
     low, high = delta - half, delta + half
     return Measured(delta, low, high, seeds, n, paired,
-                    verdict(low, high, len(seeds), finding.expect, finding.margin))
+                    verdict(low, high, len(seeds), finding.expect, finding.margin, published))
 
 
 def _variance(values: Sequence[float]) -> float:

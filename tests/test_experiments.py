@@ -79,9 +79,32 @@ def test_data_dir_overrides_base(tmp_path):
     ({"seeds": ["a"]}, "list of integers"),
     ({"paper": {"rows": [{"cell": {"model.activation": "tanh"}, "clean": 1}]}}, "matches no cell"),
     ({"grid": {"model.activation": ["nope"]}}, "unknown activation"),
+    ({"checkpoint": "final"}, "'checkpoint' in .* must be best .* or last"),
 ])
 def test_bad_experiments_are_one_line_errors(tmp_path, change, match):
     one_line_error(write(tmp_path, {**TINY, **change}), match)
+
+
+def test_load_refuses_a_finding_whose_metric_the_suite_does_not_give(tmp_path):
+    rows = [{"cell": {"model.activation": "relu"}, "pgd50": 30.0},
+            {"cell": {"model.activation": "gelu"}, "pgd50": 40.0}]
+    finding = {"claim": "gelu beats relu", "better": {"model.activation": "gelu"},
+               "worse": {"model.activation": "relu"}, "metric": "pgd20", "paper_metric": "pgd50"}
+    values = {**TINY, "paper": {**TINY["paper"], "rows": rows}, "findings": [finding],
+              "attack": {"suite": "pgd50,fgsm", "n": 64}}
+    one_line_error(write(tmp_path, values), "reads metric 'pgd20', which the suite 'pgd50,fgsm' does not")
+    for metric in ("pgd50", "fgsm", "clean", "robust", "worst case"):
+        ex.load_experiment(write(tmp_path, {**values, "findings": [{**finding, "metric": metric}]}))
+
+
+def test_load_reads_which_checkpoint_is_evaluated(tmp_path):
+    best = ex.load_experiment(write(tmp_path, TINY))
+    last = ex.load_experiment(write(tmp_path, {**TINY, "checkpoint": "last"}, "last.yaml"))
+    cell = ex.cells(best)[0]
+    assert best.checkpoint == "best"
+    assert ex.evaluated_model(best, cell, tmp_path) == ex.run_dir(best, cell, tmp_path)
+    assert last.checkpoint == "last"
+    assert ex.evaluated_model(last, cell, tmp_path) == ex.run_dir(last, cell, tmp_path) / "last.pt"
 
 
 def test_bad_yaml_and_unknown_name_are_one_line_errors(tmp_path):
@@ -98,6 +121,39 @@ def test_shipped_experiments_resolve(path):
     found = ex.cells(experiment)
     assert len(found) >= 2 and all(isinstance(c.config, TrainConfig) for c in found)
     assert ex.eval_config(experiment, found[0]).suite
+
+
+MINI_STUDIES = [p for p in SHIPPED if p.stem.endswith("-mini") and p.stem != "regress-mini"]
+
+
+@pytest.mark.parametrize("path", MINI_STUDIES, ids=[p.stem for p in MINI_STUDIES])
+def test_mini_studies_load_with_the_committed_protocol(path):
+    """All training images but the validation split, the first 500 test images, at least five
+    seeds; early stopping on validation PGD accuracy where the best epoch is evaluated, a fixed
+    budget where the last one is (claims about where training ends, such as a collapse)."""
+    experiment = ex.load_experiment(path)
+    assert experiment.attack["n"] == 500 and len(experiment.seeds) >= 5
+    for cell in ex.cells(experiment):
+        config = cell.config
+        assert config.data.train_subset is None and config.data.val_size >= 500
+        if experiment.checkpoint == "best":
+            assert config.early_stop_patience and config.epochs > config.early_stop_patience
+        else:
+            assert config.early_stop_patience is None and not config.stop_on_collapse
+    finding_metrics = {f.metric for f in experiment.findings}
+    assert finding_metrics <= {"clean", "robust", *experiment.attack["suite"].split(",")}
+
+
+def test_the_figure1_mini_regime_lets_relu_overfit_catastrophically():
+    experiment = ex.load_experiment("smoothness-figure1-mini")
+    found = ex.cells(experiment)
+    assert {c.config.model.activation for c in found} == {"relu", "gelu"}
+    for cell in found:
+        adversary = cell.config.adversary
+        assert adversary.method == "fgsm" and not adversary.random_start
+        assert adversary.eps > 8 / 255 and cell.config.epochs >= 30
+        assert cell.config.diagnostics_batch > 0
+    assert experiment.checkpoint == "last"
 
 
 def test_shipped_files_come_in_full_and_mini_pairs():
@@ -128,6 +184,7 @@ def finished_run(tmp_path_factory):
     return experiment, tmp_path, result, lines
 
 
+@pytest.mark.slow
 def test_run_trains_evaluates_and_reports(finished_run):
     experiment, root, result, lines = finished_run
     for cell in ex.cells(experiment):
@@ -142,6 +199,7 @@ def test_run_trains_evaluates_and_reports(finished_run):
     assert re.search(r"\| activation=relu +\| +68\.8 \| +33\.0 \|", markdown)
 
 
+@pytest.mark.slow
 def test_rerun_continues_only_what_is_missing(finished_run):
     experiment, root, result, _ = finished_run
     found = ex.cells(experiment)
@@ -159,6 +217,7 @@ def test_rerun_continues_only_what_is_missing(finished_run):
     assert [ex.cell_status(experiment, c, root) for c in found] == ["done", "done"]
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
     import robeval.train as train_module
     from robeval.experiments import run as run_module
@@ -204,6 +263,7 @@ def test_every_paper_study_says_where_its_published_numbers_come_from(path):
     assert experiment.paper and experiment.paper.get("source") and experiment.paper.get("note")
 
 
+@pytest.mark.slow
 def test_reproduction_shows_finished_cells_and_names_the_missing(finished_run, tmp_path):
     from robeval import reproduction
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
 
+from robeval import experiments as ex
 from robeval import findings as fd
 from robeval.errors import RobevalError
 from robeval.report import tables
@@ -35,6 +38,34 @@ def flags(accuracy: float, n: int = 400, seed: int = 0, index=None) -> pd.Series
 ])
 def test_verdict_rule(low, high, seeds, expect, margin, wanted):
     assert fd.verdict(low, high, seeds, expect, margin) == wanted
+
+
+# Published P = 5.0, so P/2 = 2.5 is the size boundary; every bound is strict.
+@pytest.mark.parametrize(("low", "high", "published", "wanted"), [
+    (0.5, 6.0, 5.0, fd.REPRODUCED),            # above 0 and reaching past P/2
+    (0.5, 2.5, 5.0, fd.REPRODUCED),            # touching P/2 is not below it
+    (0.5, 2.4, 5.0, fd.SMALLER),               # the sign holds, the size does not
+    (-1.0, 2.4, 5.0, fd.SMALLER),              # straddling 0, wholly below P/2
+    (-1.0, 2.5, 5.0, fd.INCONCLUSIVE),         # touching P/2 decides nothing
+    (0.0, 4.0, 5.0, fd.INCONCLUSIVE),          # touching 0 decides nothing
+    (-4.0, 0.0, 5.0, fd.SMALLER),              # touches 0, so not contradicted; below P/2
+    (-4.0, -0.5, 5.0, fd.CONTRADICTED),        # wholly below 0 stays contradicted
+    (-4.0, 0.0, None, fd.INCONCLUSIVE),
+    (-1.0, 2.4, None, fd.INCONCLUSIVE),        # no published difference: no size to fall short of
+    (-1.0, 0.5, 0.0, fd.INCONCLUSIVE),         # P <= 0: no smaller verdict is possible
+    (-1.0, 0.5, -3.0, fd.INCONCLUSIVE),
+    (0.5, 1.0, -3.0, fd.REPRODUCED),           # P <= 0: only the sign is judged
+    (-2.0, -1.0, -3.0, fd.CONTRADICTED),
+])
+def test_verdict_rule_against_the_published_size(low, high, published, wanted):
+    assert fd.verdict(low, high, 3, "higher", None, published) == wanted
+
+
+def test_the_published_size_plays_no_part_for_one_seed_or_a_claim_of_no_change():
+    assert fd.verdict(-1.0, 1.0, 1, "higher", None, 10.0) == fd.INCONCLUSIVE
+    assert fd.verdict(-1.5, 1.5, 3, "same", 2.0, 10.0) == fd.REPRODUCED
+    assert fd.verdict(-1.0, 3.0, 3, "same", 2.0, 10.0) == fd.INCONCLUSIVE
+    assert fd.VERDICTS == (fd.REPRODUCED, fd.SMALLER, fd.CONTRADICTED, fd.INCONCLUSIVE)
 
 
 def test_a_clear_paired_gain_over_three_seeds_is_reproduced():
@@ -93,6 +124,20 @@ def test_pairing_narrows_the_interval_when_the_cells_agree_on_most_images():
     assert result.delta == pytest.approx(5.0) and result.low > 0 and result.verdict == fd.REPRODUCED
 
 
+def test_a_precise_small_gain_is_smaller_than_a_large_published_one():
+    base = flags(0.30, n=2000, seed=4)
+    gained = base.copy()
+    gained[gained[~gained].index[:4]] = True             # +0.2 points, on the same images every seed
+    better, worse = {s: gained for s in range(3)}, {s: base for s in range(3)}
+    alone = fd.measure(HIGHER, better, worse)
+    assert alone.delta == pytest.approx(0.2) and alone.low < 0 < alone.high
+    assert alone.verdict == fd.INCONCLUSIVE
+    assert fd.measure(HIGHER, better, worse, published=9.3).verdict == fd.SMALLER
+    assert fd.measure(HIGHER, better, worse, published=2 * alone.high).verdict == fd.INCONCLUSIVE
+    assert fd.measure(HIGHER, better, worse, published=-9.3).verdict == fd.INCONCLUSIVE
+    assert fd.measure(SAME, better, worse, published=9.3).verdict == fd.REPRODUCED
+
+
 def test_parse_findings_checks_its_input():
     parsed = fd.parse_findings([{"claim": "c", "better": {"a.b": 1}, "worse": {"a.b": 2}, "metric": "pgd10",
                                  "paper_metric": "aa"}], "x.yaml")
@@ -124,3 +169,36 @@ def test_findings_and_published_tables_render():
     assert published.cells.loc["activation=silu", "ours clean"] == "51.0 ± 1.4"
     assert published.cells.loc["activation=relu", "paper robust"] == "−7.9"
     assert published.cells.loc["activation=relu", "ours clean"] == "–"
+
+
+def test_findings_table_and_reproduction_count_the_smaller_verdict(tmp_path):
+    import yaml
+
+    from robeval import reproduction
+
+    base = flags(0.30, n=2000, seed=4)
+    gained = base.copy()
+    gained[gained[~gained].index[:4]] = True
+    measured = fd.measure(HIGHER, {s: gained for s in range(3)}, {s: base for s in range(3)}, published=9.3)
+    table = tables.findings_table([{"finding": HIGHER, "paper_delta": 9.3, "measured": measured}])
+    assert table.cells.loc["a beats b", "verdict"] == fd.SMALLER and "below half of it" in table.notes
+    study = {"name": "tiny", "description": "two cells", "seeds": [0, 1],
+             "base": {"preset": "ci-small", "data": {"dataset": "digits"}},
+             "grid": {"model.activation": ["relu", "silu"]}, "attack": {"suite": "fgsm", "n": 64},
+             "paper": {"source": "a paper", "note": "smaller",
+                       "rows": [{"cell": {"model.activation": "relu"}, "robust": 33.0},
+                                {"cell": {"model.activation": "silu"}, "robust": 42.3}]},
+             "findings": [{"claim": "silu beats relu", "better": {"model.activation": "silu"},
+                           "worse": {"model.activation": "relu"}}]}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(study, sort_keys=False))
+    text = reproduction.build([path], tmp_path, None, tmp_path / "out.md", "python -m robeval.reproduction")
+    assert ("Findings: 1; reproduced: 0, smaller than published at this scale: 0, contradicted: 0, "
+            "inconclusive at this scale: 1.") in text
+    assert re.search(r"\| +\+9\.3 \|", text)
+    experiment = ex.load_experiment(path)
+    by_activation = {cell.config.model.activation: ex.setting_key(cell) for cell in ex.cells(experiment)}
+    measured = {by_activation["silu"]: {s: {"robust": gained} for s in range(2)},
+                by_activation["relu"]: {s: {"robust": base} for s in range(2)}}
+    row, = ex.finding_rows(experiment, measured)
+    assert row["paper_delta"] == pytest.approx(9.3) and row["measured"].verdict == fd.SMALLER

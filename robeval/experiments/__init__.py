@@ -25,12 +25,19 @@ An experiment file describes a study end to end::
     findings:                         # the paper's claims as comparisons of two cells (robeval.findings)
       - {claim: "SiLU is more robust than ReLU", better: {model.activation: silu},
          worse: {model.activation: relu}, metric: robust}
+    checkpoint: best                  # evaluated: best (highest val PGD accuracy) | last (final epoch)
 
 `grid` may also be a list of such mappings: the cells are then the union of their products
 (identical configurations are trained once), which varies one setting at a time around `base`
 as in Bag of Tricks; each single-key group also gets a table of its own in report.md.
 Grid keys are `section.field` (sections data, model, adversary, optim) or a top-level training
 field such as `epochs`; seeds come from `seeds`, never from the grid.
+
+`checkpoint` says which model of each training run is evaluated: `best` (the default: best.pt,
+the epoch with the highest validation PGD accuracy, which is what early stopping keeps, as in
+Bag of Tricks) or `last` (last.pt, the final epoch: for claims about where training ends up,
+such as catastrophic overfitting, which the best epoch would hide). A finding's `metric` must be
+clean, robust (worst case) or an attack of the suite; that is checked when the file is loaded.
 
 `run_experiment` trains every cell into `root/checkpoints/<name>/<cell>`, evaluates it into
 `root/reports/<name>/robeval.sqlite` and renders `root/reports/<name>/report`. Interrupted work
@@ -91,12 +98,14 @@ from robeval.experiments.run import (
     STORE_NAME,
     cell_status,
     eval_config,
+    evaluated_model,
     find_evaluation,
     run_cell,
     run_experiment,
     training_finished,
 )
 from robeval.experiments.spec import (
+    CHECKPOINTS,
     EVAL_FIELDS,
     PAPER_KEYS,
     REPORT_KEYS,
@@ -116,12 +125,12 @@ from robeval.experiments.spec import (
 from robeval.train.config import config_to_dict  # re-exported: where the tests have always found it
 
 __all__ = [
-    "EVAL_FIELDS", "FINISHED_MARKER", "PAPER_KEYS", "REPORT_KEYS", "ROW_KEYS", "STATUSES", "STORE_NAME",
-    "TOP_FIELDS", "TOP_KEYS", "Cell", "CellResult", "Experiment", "ExperimentResult", "Measurements",
-    "cell_status", "cells", "cells_table", "check_grid_key", "config_key", "config_to_dict", "eval_config",
-    "experiment_dirs", "find_evaluation", "find_experiment", "finding_rows", "grid_groups",
-    "load_experiment", "measured_flags", "measurements", "metric_flags", "paper_metrics", "paper_section",
-    "published_rows", "published_values", "report_dir", "run_cell", "run_dir", "run_experiment",
-    "safe_name", "setting_key", "spec_label", "spec_setting", "study_tables", "training_finished",
-    "write_report",
+    "CHECKPOINTS", "EVAL_FIELDS", "FINISHED_MARKER", "PAPER_KEYS", "REPORT_KEYS", "ROW_KEYS", "STATUSES",
+    "STORE_NAME", "TOP_FIELDS", "TOP_KEYS", "Cell", "CellResult", "Experiment", "ExperimentResult",
+    "Measurements", "cell_status", "cells", "cells_table", "check_grid_key", "config_key",
+    "config_to_dict", "eval_config", "evaluated_model", "experiment_dirs", "find_evaluation",
+    "find_experiment", "finding_rows", "grid_groups", "load_experiment", "measured_flags",
+    "measurements", "metric_flags", "paper_metrics", "paper_section", "published_rows",
+    "published_values", "report_dir", "run_cell", "run_dir", "run_experiment", "safe_name",
+    "setting_key", "spec_label", "spec_setting", "study_tables", "training_finished", "write_report"
 ]

@@ -137,8 +137,9 @@ def finding_rows(experiment: Experiment, measured: Measurements) -> list[dict]:
                                        f"{finding.metric!r}; the evaluations give {', '.join(metrics)}")
                 per_seed[seed] = metrics[finding.metric]
             flags.append(per_seed)
-        rows.append({"finding": finding, "paper_delta": paper_delta(finding, published, better, worse),
-                     "measured": measure(finding, *flags)})
+        published_delta = paper_delta(finding, published, better, worse)
+        rows.append({"finding": finding, "paper_delta": published_delta,
+                     "measured": measure(finding, *flags, published=published_delta)})
     return rows
 
 

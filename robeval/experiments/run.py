@@ -39,14 +39,16 @@ def eval_config(experiment: Experiment, cell: Cell) -> EvalConfig:
     return EvalConfig(**experiment.attack, data_dir=cell.config.data.data_dir, device=cell.config.device)
 
 
-def _source(folder: Path):
-    return load_source(folder, device="cpu")
+def evaluated_model(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> Path:
+    """What a cell's evaluation loads: its run folder (best.pt) or, with `checkpoint: last`, last.pt."""
+    folder = run_dir(experiment, cell, root)
+    return folder / "last.pt" if experiment.checkpoint == "last" else folder
 
 
 def find_evaluation(experiment: Experiment, cell: Cell, root: Path,
                     store: ResultsStore) -> tuple[int | None, str | None]:
     """The cell's evaluation run in `store` and its status ('running' or 'finished'), if any."""
-    source = _source(run_dir(experiment, cell, root))
+    source = load_source(evaluated_model(experiment, cell, root), device="cpu")
     config = eval_config(experiment, cell)
     plan = resolve(config, source)
     specs = [a.spec for a in parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm))]
@@ -98,7 +100,8 @@ def run_cell(experiment: Experiment, cell: Cell, root: Path, store: ResultsStore
         log(f"{position}: {'done' if trained else 'evaluated'}")
     else:
         log(f"{position}: evaluating")
-        source = load_source(folder, device=resolve_device(cell.config.device))
+        source = load_source(evaluated_model(experiment, cell, root),
+                             device=resolve_device(cell.config.device))
         run_id = evaluate(source, eval_config(experiment, cell), store, progress=progress, log=log).run_id
     return CellResult(cell, "done", run_id, *_headline(store, run_id))
 

@@ -19,7 +19,9 @@ from robeval.spec import parse_eps
 from robeval.train.config import SECTIONS, TrainConfig, merge
 from robeval.yamlfile import read_yaml
 
-TOP_KEYS = ("name", "description", "base", "grid", "seeds", "attack", "report", "paper", "findings")
+TOP_KEYS = ("name", "description", "base", "grid", "seeds", "attack", "report", "paper", "findings",
+            "checkpoint")
+CHECKPOINTS = ("best", "last")   # which checkpoint of a training run is evaluated
 REPORT_KEYS = ("baseline", "formats", "ci", "title")
 PAPER_KEYS = ("source", "note", "tables", "rows")
 ROW_KEYS = ("cell", "table", "at", "quote", "relative_to")
@@ -42,6 +44,7 @@ class Experiment:
     paper: dict | None = None
     path: Path | None = None
     findings: tuple[Finding, ...] = ()
+    checkpoint: str = "best"          # best (highest validation PGD accuracy) | last (final epoch)
 
 
 @dataclass
@@ -190,11 +193,20 @@ def load_experiment(path_or_name: str | Path, data_dir: str | None = None) -> Ex
                             _parse_grid(values.get("grid"), str(path)),
                             _parse_seeds(values.get("seeds"), str(path)), attack, report,
                             _parse_paper(values.get("paper"), str(path)), path,
-                            parse_findings(values.get("findings"), str(path)))
+                            parse_findings(values.get("findings"), str(path)),
+                            _parse_checkpoint(values.get("checkpoint"), str(path)))
     _check_paper_cells(experiment)
     _check_attack(experiment)
     _check_report(experiment)
     return experiment
+
+
+def _parse_checkpoint(raw: Any, where: str) -> str:
+    checkpoint = "best" if raw is None else raw
+    if checkpoint not in CHECKPOINTS:
+        raise RobevalError(f"'checkpoint' in {where} must be best (the epoch with the highest "
+                           "validation PGD accuracy) or last (the final epoch)")
+    return checkpoint
 
 
 def _check_report(experiment: Experiment) -> None:
@@ -225,10 +237,17 @@ def _check_attack(experiment: Experiment) -> None:
         threats = {(parse_eps(config.eps) if config.eps is not None else cell.config.adversary.eps,
                     NORMS.resolve(config.norm or cell.config.adversary.norm))
                    for cell in cells(experiment)}
+        specs = set()
         for eps, norm in sorted(threats):
-            parse_suite(str(config.suite), ThreatModel(eps, norm))
+            specs |= {attack.spec for attack in parse_suite(str(config.suite), ThreatModel(eps, norm))}
     except RobevalError as err:
         raise RobevalError(f"{where}: {err}") from err
+    known = ("clean", "robust", "worst case", *sorted(specs))
+    for finding in experiment.findings:
+        if finding.metric not in known:
+            raise RobevalError(f"finding {finding.claim!r} of {experiment.path} reads metric "
+                               f"{finding.metric!r}, which the suite {config.suite!r} does not give; "
+                               f"known: {', '.join(known)}")
 
 
 def _check_paper_cells(experiment: Experiment) -> None:

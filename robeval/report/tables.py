@@ -532,9 +532,12 @@ def findings_table(rows: list[dict]) -> Table:
     bold = pd.DataFrame(False, index=frame.index, columns=frame.columns)
     notes = ("Δ: better − worse in percentage points. Ours: mean over seeds of the per-seed difference; "
              "95% interval from the seed spread and the paired per-image differences (Student t at "
-             "seeds − 1 degrees of freedom). Verdict: reproduced when the interval lies above 0 (for ≈: "
-             "inside ± the margin), contradicted when it lies below 0 (for ≈: wholly outside the "
-             "margin), else inconclusive at this scale; always inconclusive with fewer than 2 seeds.")
+             "seeds − 1 degrees of freedom). Verdict (>): contradicted when the interval lies below 0; "
+             "smaller than published at this scale when the paper's Δ is positive and the interval "
+             "lies below half of it; reproduced when it lies above 0; else inconclusive at this scale. "
+             "Verdict (≈): reproduced when the interval lies inside ± the margin, contradicted when "
+             "it lies wholly outside it, else inconclusive. Always inconclusive with fewer than 2 "
+             "seeds. Each verdict is a one-sided decision at 2.5% error (see robeval/findings.py).")
     return Table("Findings: the paper's difference, ours and a verdict", frame, bold, notes)
 
 
