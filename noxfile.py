@@ -1,5 +1,5 @@
-"""Every way to run things: `nox -s tests`, `nox -s lint`, `nox -s demo`, `nox -s bench`,
-`nox -s regress`, `nox -s gpu`."""
+"""Every way to run things: `nox -s tests` (the fast default), `nox -s tests_full`, `nox -s tests_slow`,
+`nox -s lint`, `nox -s demo`, `nox -s bench`, `nox -s regress`, `nox -s gpu`."""
 
 from __future__ import annotations
 
@@ -19,11 +19,29 @@ def install_robeval(session: nox.Session, *extras: str) -> None:
     session.install("-e", target)
 
 
+def run_tests(session: nox.Session, markers: str) -> None:
+    """pytest on CPU over the tests `markers` selects; arguments after `--` go to pytest after it
+    (e.g. `-k pgd`, or `-m ...` to select otherwise)."""
+    install_robeval(session, "test")
+    session.run("pytest", "-m", markers, *session.posargs)
+
+
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite on CPU; arguments after `--` go to pytest (e.g. `-k pgd`)."""
-    install_robeval(session, "test")
-    session.run("pytest", *session.posargs)
+    """The fast default: every test but the `slow` and `gpu` ones (a few minutes on 2 cores)."""
+    run_tests(session, "not slow and not gpu")
+
+
+@nox.session
+def tests_slow(session: nox.Session) -> None:
+    """Only the `slow` tests (not `gpu`): with `tests`, the whole CPU suite, nothing run twice."""
+    run_tests(session, "slow and not gpu")
+
+
+@nox.session
+def tests_full(session: nox.Session) -> None:
+    """The whole CPU suite, slow tests included (everything but `gpu`)."""
+    run_tests(session, "not gpu")
 
 
 @nox.session

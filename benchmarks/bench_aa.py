@@ -1,8 +1,11 @@
 """Stock AutoAttack against a fast suite on a zoo of models trained by robeval, counted in passes.
 
 The zoo (`ZOO`) is cnn-small and preact-resnet18, standard and PGD-1-trained, on cifar10-mini,
-plus one planted masked model: a robust zoo model behind 8-bit input quantisation whose gradient
-is zero, so gradient attacks are fooled and only a black-box attack finds its true robustness.
+plus planted models (`PLANTED`): wrappers around a robust zoo model, each with an identity of its
+own in the store. The masked one puts it behind 8-bit input quantisation whose gradient is zero,
+so gradient attacks are fooled and only a black-box attack finds its true robustness; the others
+(benchmarks/planted.py) probe the fast suite's shortcuts: a temperature that fools cross-entropy,
+gradients shattered on a third of the inputs only, and decoy classes that MALT ranks first.
 Missing zoo models are trained into the cache folder with the `robeval train` commands of
 `train_command`; the trained models and the outcomes are kept there, so a rerun trains nothing.
 
@@ -26,7 +29,8 @@ import hashlib
 import json
 import subprocess
 import sys
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -36,6 +40,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from markdown import device_label, write_section  # noqa: E402
+from planted import BRIGHT_THRESHOLD, DecoyClasses, PartialShatter, TemperatureMasked  # noqa: E402
 
 from robeval.checkpoints import atomic_write_text  # noqa: E402
 from robeval.device import resolve_device  # noqa: E402
@@ -70,7 +75,7 @@ ZOO = (
     ZooModel("prn18-relu-std", "preact-resnet18", "relu", "standard", 3, 100, quick=False, cpu_batch=25),
     ZooModel("prn18-relu-pgd1", "preact-resnet18", "relu", "pgd", 3, 100, quick=False, cpu_batch=25),
 )
-MASKED_BASE = "cnn-relu-pgd1"   # the robust model behind the planted masked one
+MASKED_BASE = "cnn-relu-pgd1"   # the robust model behind the planted ones
 MASKED_NAME = f"{MASKED_BASE}-masked"
 ROWS_FILE = "rows.json"         # in the cache: the last measured row of each model, per device and suite
 
@@ -91,6 +96,51 @@ class QuantisedZeroGradient(nn.Module):
         return self.net(x * 0 + quantised)
 
 
+@dataclass(frozen=True)
+class Planted:
+    """A planted model of the zoo: `wrap(options)` around the zoo model `base`.
+
+    Its store identity is derived from its base checkpoint's and from `tag` and `options`, so
+    changing a constant of the construction starts its outcomes afresh.
+    """
+
+    base: str                                   # the zoo model it wraps (checkpoint, settings)
+    wrap: Callable[..., nn.Module]              # wrap(net, **options) -> the planted model
+    tag: str                                    # names the construction in its identity
+    description: str                            # for the report: "<base> <description>"
+    options: dict = field(default_factory=dict)
+
+    def build(self, net: nn.Module) -> nn.Module:
+        """The planted model around `net`, in eval mode."""
+        return self.wrap(net, **self.options).eval()
+
+    def identity(self, base_hash: str) -> str:
+        """The store identity of this planted model around the checkpoint with sha256 `base_hash`."""
+        options = ",".join(f"{key}={value!r}" for key, value in sorted(self.options.items()))
+        tag = f"{self.tag}({options})" if options else self.tag
+        return hashlib.sha256(f"{base_hash}:{tag}".encode()).hexdigest()
+
+
+# Planted models, each listed in the table right after its base, in this order. The constants are
+# the ones measured to show each failure on cnn-relu-pgd1 (see benchmarks/planted.py).
+PLANTED: dict[str, Planted] = {
+    MASKED_NAME: Planted(MASKED_BASE, QuantisedZeroGradient, "quantised-zero-gradient",
+                         "behind 8-bit input quantisation with a zero input gradient"),
+    f"{MASKED_BASE}-temperature": Planted(
+        MASKED_BASE, TemperatureMasked, "temperature-masked",
+        "with its logits divided by a temperature that grows with the colour checkerboard energy "
+        "of the input (fools cross-entropy, not DLR)", {"strength": 40.0, "power": 1.5}),
+    f"{MASKED_BASE}-partial-shatter": Planted(
+        MASKED_BASE, PartialShatter, "partial-shatter",
+        "with shattered input gradients on its brightest third of inputs only",
+        {"threshold": BRIGHT_THRESHOLD, "amplitude": 1e-3, "frequency": 1e5}),
+    f"{MASKED_BASE}-decoy": Planted(
+        MASKED_BASE, DecoyClasses, "decoy-classes",
+        "with its last 3 classes replaced by decoy logits that never win but that MALT ranks first",
+        {"decoys": 3, "margin": 20.0, "amplitude": 1.0, "frequency": 1e5, "replace": True}),
+}
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2]
@@ -98,10 +148,10 @@ def parse_args(argv=None):
     parser.add_argument("--fast-suite", default="aa-fast", help="the suite set against `aa`")
     parser.add_argument("--cache", default=str(Path(__file__).resolve().parent / ".cache"),
                         help="folder of the trained zoo and the results store")
-    parser.add_argument("--models", help="comma-separated zoo names (default: all, and the masked one)")
+    parser.add_argument("--models", help="comma-separated zoo names (default: all, and the planted ones)")
     parser.add_argument("--n", type=int, help="test images per model (default: each model's own)")
     parser.add_argument("--quick", action="store_true",
-                        help="the cnn-small models and the masked one only, at most 200 images")
+                        help="the cnn-small models and the planted ones only, at most 200 images")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--train-only", action="store_true", help="train the missing zoo models, then stop")
@@ -142,21 +192,26 @@ def ensure_trained(model: ZooModel, args, device: torch.device) -> Path:
     return folder
 
 
+def planted_source(name: str, base: ModelSource) -> ModelSource:
+    """The planted model `name` around `base` (its base's source), with an identity of its own."""
+    planted = PLANTED[name]
+    return replace(base, model=planted.build(base.model), name=name,
+                   checkpoint_hash=planted.identity(base.checkpoint_hash), path=None)
+
+
 def masked_source(base: ModelSource) -> ModelSource:
-    """The planted masked model around `base`, with an identity of its own in the store."""
-    model = QuantisedZeroGradient(base.model).eval()
-    return replace(base, model=model, name=MASKED_NAME, checkpoint_hash=masked_identity(base.checkpoint_hash),
-                   path=None)
+    """The planted masked model around `base`."""
+    return planted_source(MASKED_NAME, base)
 
 
 def base_name(name: str) -> str:
-    """The zoo model whose checkpoint and settings `name` uses (the masked model uses its base's)."""
-    return MASKED_BASE if name == MASKED_NAME else name
+    """The zoo model whose checkpoint and settings `name` uses (a planted model uses its base's)."""
+    return PLANTED[name].base if name in PLANTED else name
 
 
 def masked_identity(base_hash: str) -> str:
     """The store identity of the masked model around the checkpoint with sha256 `base_hash`."""
-    return hashlib.sha256(f"{base_hash}:quantised-zero-gradient".encode()).hexdigest()
+    return PLANTED[MASKED_NAME].identity(base_hash)
 
 
 def current_identity(name: str, cache: Path) -> str | None:
@@ -165,18 +220,22 @@ def current_identity(name: str, cache: Path) -> str | None:
     if not checkpoint.is_file():
         return None
     digest = file_sha256(checkpoint)
-    return masked_identity(digest) if name == MASKED_NAME else digest
+    return PLANTED[name].identity(digest) if name in PLANTED else digest
+
+
+def planted_on(base: str) -> list[str]:
+    """The planted models around the zoo model `base`, in table order."""
+    return [name for name, planted in PLANTED.items() if planted.base == base]
 
 
 def zoo_order(quick: bool) -> list[tuple[str, ZooModel]]:
-    """(name, zoo entry) in table order; the masked model follows its base and shares its entry."""
+    """(name, zoo entry) in table order; planted models follow their base and share its entry."""
     order = []
     for m in ZOO:
         if quick and not m.quick:
             continue
         order.append((m.name, m))
-        if m.name == MASKED_BASE:
-            order.append((MASKED_NAME, m))
+        order.extend((name, m) for name in planted_on(m.name))
     return order
 
 
@@ -205,12 +264,12 @@ def zoo_sources(args, device: torch.device) -> list[tuple[ModelSource, int]]:
     chosen = [m for m in ZOO if not args.quick or m.quick]
     names = None if not args.models else set(args.models.split(","))
     if names is not None:
-        known = {m.name for m in ZOO} | {MASKED_NAME}
+        known = {m.name for m in ZOO} | set(PLANTED)
         unknown = names - known
         if unknown:
             raise SystemExit(f"unknown zoo model {sorted(unknown)[0]!r}; known: {', '.join(sorted(known))}")
     wanted = [m for m in chosen if names is None or m.name in names
-              or (m.name == MASKED_BASE and MASKED_NAME in names)]
+              or names.intersection(planted_on(m.name))]
     if args.cached_only:  # nothing is trained: a model not trained yet has no cached `aa` side
         wanted = [m for m in wanted if trained(Path(args.cache) / "zoo" / m.name, m.epochs)]
     folders = {m.name: ensure_trained(m, args, device) for m in wanted}
@@ -222,8 +281,8 @@ def zoo_sources(args, device: torch.device) -> list[tuple[ModelSource, int]]:
         n = images_for(m.n, args, device)
         if names is None or m.name in names:
             sources.append((source, n))
-        if m.name == MASKED_BASE and (names is None or MASKED_NAME in names):
-            sources.append((masked_source(source), n))
+        sources.extend((planted_source(name, source), n) for name in planted_on(m.name)
+                       if names is None or name in names)
     return sources
 
 
@@ -234,7 +293,7 @@ def images_for(default: int, args, device: torch.device) -> int:
 
 
 def cpu_batch(name: str) -> int:
-    """Images per CPU batch for the zoo model `name` (the masked model takes its base's)."""
+    """Images per CPU batch for the zoo model `name` (a planted model takes its base's)."""
     return next((m.cpu_batch for m in ZOO if m.name == base_name(name)), CPU_BATCH)
 
 
@@ -306,8 +365,9 @@ def report(rows: list[dict], args, device: torch.device) -> str:
               f"--device {device.type}`; each row is the last measurement of that model, kept in "
               f"the cache's {ROWS_FILE} (`--models` re-measures the models named and keeps the other rows; "
               "a model whose `aa` side is not complete yet has no row); the zoo's training "
-              "commands are `train_command` in the script; the planted masked model is "
-              f"{MASKED_BASE} behind 8-bit input quantisation with a zero input gradient."]
+              "commands are `train_command` in the script. Planted models (`PLANTED` in the script, "
+              "constructions in benchmarks/planted.py): "
+              + "; ".join(f"{name} is {p.base} {p.description}" for name, p in PLANTED.items()) + "."]
     return "\n".join(lines)
 
 

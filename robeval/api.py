@@ -28,14 +28,14 @@ from robeval.attacks.guard import model_dtype
 from robeval.data import dataset_info
 from robeval.data.contract import check_image_tensors
 from robeval.device import resolve_device
-from robeval.diagnose import Diagnosis, diagnose, flag_lines
+from robeval.diagnose import Diagnosis, diagnose, summary_lines
 from robeval.errors import RobevalError
 from robeval.evaluate import (
     CHECK_IMAGES,
-    MODES,
     EvalConfig,
     EvalResult,
     ResolvedEval,
+    check_mode,
     conclude,
     evaluate,
     gated,
@@ -85,16 +85,16 @@ def diagnose_model(model: nn.Module, *, eps: float | str, dataset: str = "cifar1
 
     Returns the `Diagnosis`: `gradients` (one row per quantity), `checks` and `flags`. `checks`
     is "all", "cheap" or a comma-separated list of names; with a `store` the diagnosis is also
-    recorded there as a run.
+    recorded there as a run. Logs, through `log`, the summary `robeval diagnose` prints.
     """
     eps = parse_eps(eps)
     source = python_source(model, name, dataset, eps, norm)
     config = EvalConfig(eps=eps, norm=norm, n=n, seed=seed, dataset=dataset,
                         data_dir=None if data_dir is None else str(data_dir), device=device)
+    opened = None if store is None else open_store(store)
     with borrowed(model):
-        diagnosis = diagnose(source, config, None if store is None else open_store(store), checks=checks,
-                             pgd_steps=pgd_steps, log=log)
-    for line in flag_lines(diagnosis.checks):
+        diagnosis = diagnose(source, config, opened, checks=checks, pgd_steps=pgd_steps, log=log)
+    for line in summary_lines(diagnosis, None if opened is None else str(opened.path)):
         log(line)
     return diagnosis
 
@@ -115,8 +115,7 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     images, labels = checked_tensors(images, labels)
     if int(batch_size) < 1:
         raise RobevalError("batch_size must be at least 1")
-    if mode not in MODES:
-        raise RobevalError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    check_mode(mode)
     data = f"tensors:{tensor_hash(images, labels)}"
     plan = ResolvedEval(suite, eps, norm.lower(), len(labels), seed, mode, data, None)
     config = EvalConfig(suite=suite, eps=eps, norm=plan.norm, n=len(labels), batch_size=int(batch_size),

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import math
 import re
@@ -53,6 +52,7 @@ from robeval.device import resolve_device
 from robeval.errors import RobevalError
 from robeval.experiments import cells as experiment_cells
 from robeval.experiments import metric_flags, report_dir, run_experiment
+from robeval.identity import file_sha256
 from robeval.results import ResultsStore
 
 FORMAT = "robeval-baseline/1"
@@ -189,7 +189,7 @@ def provenance(experiment, device: str) -> dict:
     return {"robeval": __version__, "torch": metadata.version("torch"),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "device": device, "experiment_file": None if path is None else Path(path).name,
-            "experiment_sha256": None if path is None else _sha256(path)}
+            "experiment_sha256": None if path is None else file_sha256(path)}
 
 
 def build_baseline(experiment, measured: dict[int, dict], seeds: Sequence[int]) -> dict:
@@ -296,16 +296,12 @@ def run_check(experiment, baseline_path: str | Path, root: str | Path | None = N
     """Train and evaluate `experiment` at the baseline's check seed and compare."""
     baseline = load_baseline(baseline_path, experiment)
     recorded = baseline["provenance"].get("experiment_sha256")
-    if experiment.path is not None and recorded not in (None, _sha256(experiment.path)):
+    if experiment.path is not None and recorded not in (None, file_sha256(experiment.path)):
         log(f"note: {experiment.path} changed since the baseline was written")
     seed = int(baseline["check_seed"])
     with _root(root) as where:
         current = measure(experiment, [seed], where, progress, log)[seed]
     return CheckResult(experiment.name, seed, compare(baseline, current))
-
-
-def _sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class _root:

@@ -2,16 +2,53 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
-from robeval.errors import PeerError, RobevalError
+from robeval.errors import PeerError, RobevalError, first_line
 from robeval.spec import parse_eps
 
-# (option, config section or None for top level, field, type, help)
+
+class ListedOption(click.Option):
+    """An option whose help lists the names of a vocabulary, read only when the help is shown.
+
+    The registries live in modules that import torch; reading them when this module loads would
+    slow down every command, `robeval --help` included.
+    """
+
+    def __init__(self, *args, listed: Callable[[], str], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.listed = listed
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        self.help = self.listed()
+        return super().get_help_record(ctx)
+
+
+def listing(module: str, vocabulary: str, template: str = "{}", sep: str = ", ") -> Callable[[], str]:
+    """Help text: `template` filled with the names in `module.vocabulary` (a registry, tuple or dict)."""
+    return lambda: template.format(sep.join(getattr(importlib.import_module(module), vocabulary)))
+
+
+MODE_NOTES = {"cascade": "attack only still-robust points"}
+
+
+def mode_help() -> str:
+    """The evaluation modes of the results store, with what the default one does."""
+    from robeval.results import MODES
+
+    return " or ".join(f"{mode} ({MODE_NOTES[mode]})" if mode in MODE_NOTES else mode
+                       for mode in MODES)
+
+
+NORM_HELP = listing("robeval.attacks", "NORMS", "{} (default: the model's)", " or ")
+
+# (option, config section or None for top level, field, type, help: text or a `listing`)
 TRAIN_OPTIONS = [
     ("--dataset", "data", "dataset", str, "digits (embedded), cifar10, cifar100, imagenet"),
     ("--data-dir", "data", "data_dir", str, "folder with the official dataset files"),
@@ -23,23 +60,25 @@ TRAIN_OPTIONS = [
     ("--model", "model", "arch", str, "cnn-small, preact-resnet18, resnet18, wrn-D-W, resnet50, ..."),
     ("--activation", "model", "activation", str, "relu, softplus, silu, gelu, elu(alpha=2), ..."),
     ("--smooth-grad", "model", "smooth_grad", str,
-     "ReLU nets: smooth backward for none|attacker|optimizer|both (SAT Table 1)"),
-    ("--method", "adversary", "method", str, "standard, fgsm, pgd, trades, igr"),
-    ("--norm", "adversary", "norm", str, "linf or l2"),
+     listing("robeval.activations", "SMOOTH_GRAD_MODES", "ReLU nets: smooth backward for {} "
+             "(SAT Table 1)", "|")),
+    ("--method", "adversary", "method", str, listing("robeval.train.methods", "METHODS")),
+    ("--norm", "adversary", "norm", str, listing("robeval.attacks", "NORMS", sep=" or ")),
     ("--eps", "adversary", "eps", str, "radius in [0,1] pixel units, e.g. 8/255"),
     ("--steps", "adversary", "steps", int, "attack steps (PGD-K, TRADES)"),
     ("--step-size", "adversary", "step_size", str, "attack step, e.g. 2/255 (default: see docs)"),
     ("--random-start/--no-random-start", "adversary", "random_start", None, "uniform start in the ball"),
-    ("--bn-mode", "adversary", "bn_mode", str, "BatchNorm while crafting: eval or train"),
+    ("--bn-mode", "adversary", "bn_mode", str,
+     listing("robeval.train.config", "BN_MODES", "BatchNorm while crafting: {}", " or ")),
     ("--eps-warmup-epochs", "adversary", "eps_warmup_epochs", float, "linear ε warm-up"),
     ("--trades-beta", "adversary", "trades_beta", float, "TRADES β"),
     ("--igr-lambda", "adversary", "igr_lambda", str, "IGR weight (default ε)"),
-    ("--optimizer", "optim", "optimizer", str, "sgd, adam, adamw"),
+    ("--optimizer", "optim", "optimizer", str, listing("robeval.train.optimizers", "OPTIMIZERS")),
     ("--lr", "optim", "lr", str, "peak learning rate at --base-batch-size"),
     ("--momentum", "optim", "momentum", float, "SGD momentum"),
     ("--nesterov/--no-nesterov", "optim", "nesterov", None, "Nesterov momentum"),
     ("--weight-decay", "optim", "weight_decay", str, "weight decay"),
-    ("--schedule", "optim", "schedule", str, "piecewise, cosine, onecycle, constant"),
+    ("--schedule", "optim", "schedule", str, listing("robeval.train.schedule", "SCHEDULES")),
     ("--milestones", "optim", "milestones", str, "piecewise milestones, e.g. 100,105"),
     ("--gamma", "optim", "gamma", float, "piecewise LR factor"),
     ("--warmup-epochs", "optim", "warmup_epochs", float, "linear LR warm-up"),
@@ -69,11 +108,11 @@ def _dest(option: str) -> str:
 def train_options(command):
     """Add one click option per config field in TRAIN_OPTIONS (all default to "not given")."""
     for option, _, _, kind, help_text in reversed(TRAIN_OPTIONS):
+        shown = {"cls": ListedOption, "listed": help_text} if callable(help_text) else {"help": help_text}
         if kind is None:
-            command = click.option(option, _dest(option), default=None, help=help_text)(command)
+            command = click.option(option, _dest(option), default=None, **shown)(command)
         else:
-            command = click.option(option, _dest(option), type=kind, default=None,
-                                   help=help_text)(command)
+            command = click.option(option, _dest(option), type=kind, default=None, **shown)(command)
     return command
 
 
@@ -150,7 +189,7 @@ def train(preset, config_file, out, resume, force, quiet, list_names, nproc, **p
 @click.option("--suite", default="pgd1,pgd200,aa", show_default=True,
               help="attacks, e.g. fgsm,pgd10,pgd200(step=1/255,restarts=2),aa")
 @click.option("--eps", default=None, help="radius in [0,1] units (default: the model's training ε)")
-@click.option("--norm", default=None, help="linf or l2 (default: the model's)")
+@click.option("--norm", default=None, cls=ListedOption, listed=NORM_HELP)
 @click.option("--n", "--n-images", "n_images", type=int, default=1000, show_default=True,
               help="evaluate the first N test images")
 @click.option("--batch-size", default="auto", show_default=True, help="auto or a number")
@@ -160,8 +199,7 @@ def train(preset, config_file, out, resume, force, quiet, list_names, nproc, **p
 @click.option("--db", default="reports/robeval.sqlite", show_default=True,
               help="results store (SQLite)")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--mode", default="cascade", show_default=True,
-              help="cascade (attack only still-robust points) or independent")
+@click.option("--mode", default="cascade", show_default=True, cls=ListedOption, listed=mode_help)
 @click.option("--arch", default=None, help="architecture of a plain state_dict file")
 @click.option("--activation", default=None, help="activation of a plain state_dict file")
 @click.option("--model-dir", default="models", show_default=True,
@@ -170,9 +208,11 @@ def train(preset, config_file, out, resume, force, quiet, list_names, nproc, **p
 @click.option("--checks/--no-checks", default=True, show_default=True,
               help="run the cheap gradient-masking checks afterwards")
 @click.option("--quiet", is_flag=True, help="no progress bars")
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON document (summary, checks with evidence, engine notes)")
 @nproc_option
 def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, data_dir, db,
-           seed, mode, arch, activation, model_dir, fresh, checks, quiet, nproc) -> None:
+           seed, mode, arch, activation, model_dir, fresh, checks, quiet, as_json, nproc) -> None:
     """Evaluate MODEL (run folder, checkpoint, state_dict + --arch, robustbench:NAME)."""
     from robeval.device import resolve_device
     from robeval.distributed import rank_device, session
@@ -194,8 +234,12 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
                              device=rank_device(resolve_device(device), world))
         store = ResultsStore(db) if world.is_main else None  # rank 0 alone writes outcomes
         result = evaluate(source, config, store, fresh=fresh, progress=not quiet,
-                          log=click.echo, world=world)
+                          log=progress_log(as_json), world=world)
     if not world.is_main:
+        return
+    if as_json:
+        click.echo(json_document({"model": source.name, "db": str(db), "mode": mode,
+                                  **result.to_json()}))
         return
     n_done = int(result.summary.loc["clean", "n"])
     click.echo(f"{source.name} on {n_done} images ({mode}); outcomes in {db} (run "
@@ -210,7 +254,7 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
 @cli.command()
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--eps", default=None, help="radius in [0,1] units (default: the model's training ε)")
-@click.option("--norm", default=None, help="linf or l2 (default: the model's)")
+@click.option("--norm", default=None, cls=ListedOption, listed=NORM_HELP)
 @click.option("--n", "--n-images", "n_images", type=int, default=200, show_default=True,
               help="diagnose on the first N test images")
 @click.option("--checks", "check_names", default="all", show_default=True,
@@ -225,14 +269,14 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
 @click.option("--arch", default=None, help="architecture of a plain state_dict file")
 @click.option("--activation", default=None, help="activation of a plain state_dict file")
 @click.option("--model-dir", default="models", show_default=True)
+@click.option("--json", "as_json", is_flag=True,
+              help="print one JSON document (gradient table, checks with full evidence, flags)")
 def diagnose(model_spec, eps, norm, n_images, check_names, pgd_steps, device, dataset, data_dir,
-             db, seed, arch, activation, model_dir) -> None:
+             db, seed, arch, activation, model_dir, as_json) -> None:
     """Gradient-quality diagnostics and all gradient-masking checks for MODEL."""
-    import pandas as pd
-
     from robeval.device import resolve_device
-    from robeval.diagnose import checks_table
     from robeval.diagnose import diagnose as run_diagnose
+    from robeval.diagnose import diagnosis_json, summary_lines
     from robeval.evaluate import EvalConfig
     from robeval.results import ResultsStore
     from robeval.sources import load_source
@@ -247,12 +291,23 @@ def diagnose(model_spec, eps, norm, n_images, check_names, pgd_steps, device, da
                         data_dir=data_dir, device=device)
     names = check_names if check_names in ("all", "cheap") else check_names.split(",")
     result = run_diagnose(source, config, ResultsStore(db), checks=names, pgd_steps=pgd_steps,
-                          log=click.echo)
-    with pd.option_context("display.width", 160, "display.max_colwidth", 70):
-        click.echo(result.gradients.round(4).to_string())
-        click.echo(checks_table(result.checks).to_string())
-    click.echo(f"{len(result.flags)} of {len(result.checks)} checks flagged; stored in {db} "
-               f"(run {result.run_id})")
+                          log=progress_log(as_json))
+    if as_json:
+        click.echo(json_document({"db": str(db), **diagnosis_json(result)}))
+        return
+    click.echo("\n".join(summary_lines(result, str(db))))
+
+
+def progress_log(as_json: bool) -> Callable[[str], None]:
+    """Where progress messages go: stdout, or stderr when stdout holds a JSON document."""
+    return (lambda message: click.echo(message, err=True)) if as_json else click.echo
+
+
+def json_document(document: dict) -> str:
+    """`document` as strict JSON (no NaN), for --json."""
+    import json
+
+    return json.dumps(document, indent=2, ensure_ascii=False, allow_nan=False)
 
 
 @cli.command()
@@ -372,11 +427,6 @@ def rank_prefix() -> str:
     """'[rank R] ' in ranks other than 0 of a torchrun job, so each message says where it arose."""
     rank = os.environ.get("RANK", "0")
     return f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank != "0" else ""
-
-
-def first_line(err: Exception) -> str:
-    """The first line of an exception's message."""
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import textwrap
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
@@ -11,8 +12,16 @@ import pandas as pd
 
 from robeval.data import load_test_set
 from robeval.device import resolve_device
+from robeval.diagnostics.explain import (
+    WIDTH,
+    check_json,
+    check_lines,
+    gradient_lines,
+    quantity_label,
+    quantity_unit,
+)
 from robeval.diagnostics.gradients import batch_diagnostics, summarise
-from robeval.diagnostics.masking import CheckResult, check_names, run_checks
+from robeval.diagnostics.masking import CheckResult, check_names, run_checks, strict_json
 from robeval.errors import RobevalError
 from robeval.evaluate import EvalConfig, git_commit, guarded, library_versions, prepare_model, resolve
 from robeval.identity import ModelSource, source_identity
@@ -26,6 +35,11 @@ class Diagnosis:
     run_id: int | None
     gradients: pd.DataFrame
     checks: list[CheckResult]
+    pgd_steps: int = 10          # K of the PGD perturbation behind R_pgd, grad_lipschitz, loss_gap
+    model: str | None = None
+    eps: float | None = None
+    norm: str | None = None
+    n: int | None = None
 
     @property
     def flags(self) -> list[CheckResult]:
@@ -60,18 +74,19 @@ def diagnose(source: ModelSource, config: EvalConfig, store: ResultsStore | None
     test = load_test_set(plan.dataset, plan.data_dir, plan.n)
     images, labels = test.images.to(device).float() / 255, test.labels.to(device)
     model = guarded(prepare_model(source.model, device), source)
-    log(f"gradient diagnostics on {len(labels)} images (eps {plan.eps:.4g}, {plan.norm})")
+    log(f"measuring gradient quality on {len(labels)} images (eps {plan.eps:.4g}, {plan.norm})")
     values = batch_diagnostics(model, images, labels, plan.eps, plan.norm, pgd_steps=pgd_steps,
                                seed=plan.seed)
     gradients = summarise(values)
-    log(f"gradient-masking checks ({checks})")
+    log(f"running the gradient-masking checks ({checks})")
     results = run_checks(model, images, labels, eps=plan.eps, norm=plan.norm, seed=plan.seed,
                          names=checks)
     run_id = None
     if store is not None:
         run_id = record_diagnosis(store, source, plan, len(labels), str(device), gradients,
                                   results)
-    return Diagnosis(run_id, gradients, results)
+    return Diagnosis(run_id, gradients, results, pgd_steps, source.name, plan.eps, plan.norm,
+                     len(labels))
 
 
 def record_diagnosis(store: ResultsStore, source: ModelSource, plan, n: int, device: str,
@@ -91,6 +106,45 @@ def record_diagnosis(store: ResultsStore, source: ModelSource, plan, n: int, dev
                              "checks": checks_notes(checks)})
     store.finish_run(run_id)
     return run_id
+
+
+def summary_lines(diagnosis: Diagnosis, store: str | None = None, width: int = WIDTH) -> list[str]:
+    """What `robeval diagnose` and `diagnose_model` print, within `width` columns: the gradient
+    diagnostics under their papers' names, one line per check with a few words of evidence (a
+    flagged check followed by its explanation), and a count of the flags. `store` names where
+    the diagnosis was recorded."""
+    where = "" if diagnosis.n is None else f" on {diagnosis.n} images"
+    if diagnosis.eps is not None:
+        where += f" at ε = {eps_text(diagnosis.eps, diagnosis.norm)}"
+    lines = [f"gradient diagnostics{where}"]
+    lines += gradient_lines(diagnosis.gradients, diagnosis.pgd_steps, width)
+    lines += ["", "gradient-masking checks (the full evidence: --json, or the results store)"]
+    lines += check_lines(diagnosis.checks, width)
+    footer = f"{len(diagnosis.flags)} of {len(diagnosis.checks)} checks flagged"
+    if store is not None and diagnosis.run_id is not None:
+        footer += f"; stored in {store} (run {diagnosis.run_id})"
+    return lines + textwrap.wrap(footer, width)
+
+
+def eps_text(eps: float, norm: str | None) -> str:
+    """ε as people write it: 8/255 (L∞ radii that are whole 255ths) or the number, with the norm."""
+    in_255 = eps * 255
+    whole = norm == "linf" and round(in_255) > 0 and abs(in_255 - round(in_255)) < 1e-6
+    return (f"{round(in_255)}/255" if whole else f"{eps:.4g}") + ("" if norm is None else f" ({norm})")
+
+
+def diagnosis_json(diagnosis: Diagnosis) -> dict:
+    """The whole diagnosis as one JSON-ready document (`robeval diagnose --json`): every
+    statistic of every gradient quantity under its code with its label and unit, every check
+    with its full evidence, and the flag lines."""
+    table = json.loads(diagnosis.gradients.to_json(orient="index"))
+    gradients = {code: {"label": quantity_label(code, diagnosis.pgd_steps),
+                        "unit": quantity_unit(code), **row} for code, row in table.items()}
+    return strict_json({"run_id": diagnosis.run_id, "model": diagnosis.model, "eps": diagnosis.eps,
+                        "norm": diagnosis.norm, "n": diagnosis.n, "pgd_steps": diagnosis.pgd_steps,
+                        "gradients": gradients,
+                        "checks": [check_json(check) for check in diagnosis.checks],
+                        "flags": flag_lines(diagnosis.checks)})
 
 
 def flag_lines(checks: list[CheckResult]) -> list[str]:

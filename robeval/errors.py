@@ -17,3 +17,12 @@ class PeerError(RobevalError):
 
     Rank 0 prints it; the other ranks exit quietly so the message appears once.
     """
+
+
+def first_line(err: BaseException, empty: str | None = None) -> str:
+    """The first non-empty line of an exception's message, stripped, for one-line errors.
+
+    A message without any text gives `empty`, by default the exception's type name.
+    """
+    lines = (line.strip() for line in str(err).splitlines())
+    return next((line for line in lines if line), empty or type(err).__name__)

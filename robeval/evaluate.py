@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 import torch
@@ -32,15 +33,16 @@ from robeval.attacks.guard import GuardedModel, ModelContractError
 from robeval.attacks.verify import Verified, majority_logits, verify
 from robeval.data import dataset_info, load_test_set
 from robeval.device import resolve_device
-from robeval.diagnostics.masking import masking_gate, run_checks
+from robeval.diagnostics.explain import check_json
+from robeval.diagnostics.masking import masking_gate, run_checks, strict_json
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
 from robeval.errors import RobevalError
 from robeval.identity import ModelSource, source_identity
-from robeval.results import OutcomeRow, Passes, ResultsStore, RunRecord, SampleRow
+from robeval.results import MODES, OutcomeRow, Passes, ResultsStore, RunRecord, SampleRow
+from robeval.schema import BatchSize, ImageCount, Seed, validated
 from robeval.spec import parse_eps
 from robeval.version import __version__
 
-MODES = ("cascade", "independent")
 CHECK_IMAGES = 200            # images the cheap masking checks look at
 CPU_BATCH_SIZE = 256          # `auto` on CPU: no memory to probe, a size that keeps caches warm
 GPU_START_BATCH_SIZE = 4096   # `auto` on GPU: first size tried, halved until it fits
@@ -52,11 +54,11 @@ class EvalConfig:
 
     suite: str = "pgd1,pgd200,aa"
     eps: float | None = None           # [0,1] pixel units; None: the model's training ε
-    norm: str | None = None            # linf | l2; None: the model's training norm
-    n: int | None = 1000               # the first n test images (RobustBench convention)
-    batch_size: int | str = "auto"     # images per batch, or auto (largest that fits)
-    seed: int = 0
-    mode: str = "cascade"              # cascade | independent
+    norm: str | None = None            # a name in NORMS; None: the model's training norm
+    n: ImageCount | None = 1000        # the first n test images (RobustBench convention)
+    batch_size: Literal["auto"] | BatchSize = "auto"   # images per batch, or auto (largest that fits)
+    seed: Seed = 0
+    mode: str = "cascade"              # one of MODES (robeval.results)
     dataset: str | None = None         # None: the model's training dataset (else cifar10)
     data_dir: str | None = None
     device: str = "auto"
@@ -82,6 +84,17 @@ class EvalResult:
         """One line per raised masking flag, as `robeval attack` prints them."""
         return [f"FLAG {check.name}: {check.flag}" for check in self.checks if not check.passed]
 
+    def to_json(self) -> dict:
+        """The result as one JSON-ready document (`robeval attack --json`): the summary rows, the
+        masking checks with their full evidence, the engine's notes per attack, and the flag and
+        note lines that are printed."""
+        return strict_json({
+            "run_id": self.run_id,
+            "summary": json.loads(self.summary.rename_axis("attack").reset_index().to_json(orient="records")),
+            "checks": [check_json(check) for check in self.checks],
+            "attack_notes": {spec: asdict(notes) for spec, notes in self.attack_notes.items()},
+            "flags": self.flag_lines(), "notes": self.note_lines()})
+
 
 @dataclass(frozen=True)
 class ResolvedEval:
@@ -99,8 +112,8 @@ class ResolvedEval:
 
 def resolve(config: EvalConfig, source: ModelSource) -> ResolvedEval:
     """Fill ε, norm and dataset from the model; check they are consistent."""
-    if config.mode not in MODES:
-        raise RobevalError(f"unknown mode {config.mode!r}; known: {', '.join(MODES)}")
+    config = validated(config)
+    check_mode(config.mode)
     dataset = config.dataset or source.dataset or "cifar10"
     eps = parse_eps(config.eps) if config.eps is not None else source.eps
     if eps is None:
@@ -118,11 +131,16 @@ def resolve(config: EvalConfig, source: ModelSource) -> ResolvedEval:
                         config.data_dir)
 
 
+def check_mode(mode: str) -> None:
+    """One of `MODES` (the results store's); anything else is refused before any work."""
+    if mode not in MODES:
+        raise RobevalError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+
+
 def check_batch_size(value: int | str) -> None:
-    """`auto` or a positive whole number; anything else is refused before any work."""
-    text = str(value).strip()
-    if text != "auto" and not (text.isdigit() and int(text) >= 1):
-        raise RobevalError(f"--batch-size must be auto or a positive number, not {value!r}")
+    """`auto` or a whole number of images (ASCII digits, 1 to `MAX_BATCH`), checked by the
+    settings schema; anything else is refused before any work."""
+    validated(EvalConfig(batch_size=value))
 
 
 def batch_seed(seed: int, batch: int, position: int) -> int:

@@ -18,8 +18,10 @@ def canonical(name: str) -> str:
 class Registry(Generic[T]):
     """A dict of named entries with aliases; `get` raises a one-line error listing known names."""
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, ordered: bool = False):
+        """`ordered`: `names()` lists the names as registered, not sorted (short vocabularies)."""
         self.kind = kind
+        self.ordered = ordered
         self._entries: dict[str, T] = {}
         self._aliases: dict[str, str] = {}
 
@@ -53,8 +55,8 @@ class Registry(Generic[T]):
         return self._entries[self.resolve(name)]
 
     def names(self) -> list[str]:
-        """Registered names (aliases excluded), sorted."""
-        return sorted(self._entries)
+        """Registered names (aliases excluded), sorted unless the registry is `ordered`."""
+        return list(self._entries) if self.ordered else sorted(self._entries)
 
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):

@@ -38,7 +38,7 @@ from torch import nn
 from robeval.attacks.steps import NORMS
 from robeval.checkpoints import load_checkpoint
 from robeval.data import DATASETS, dataset_info
-from robeval.errors import RobevalError
+from robeval.errors import RobevalError, first_line
 from robeval.identity import (  # noqa: F401  (re-exported: where loaders' users look)
     ModelSource,
     file_sha256,
@@ -47,7 +47,7 @@ from robeval.identity import (  # noqa: F401  (re-exported: where loaders' users
     probe_fingerprint,
     source_identity,
 )
-from robeval.models import build_model, load_state_dict_checked, model_names
+from robeval.models import build_model, load_state_dict_checked, model_names, state_dict_mismatch
 from robeval.runs import checkpoint_path, load_model
 from robeval.train.config import config_from_dict, config_to_dict, merge
 
@@ -335,7 +335,7 @@ def _load_zoo_file(name: str, entry: dict, path: Path) -> nn.Module:
     state_dict = unwrap_state_dict(checkpoint, str(path))
     model = _build_zoo_model(name, entry)
     fitted = fit_zoo_state_dict(model, state_dict)
-    problem = mismatch(model.state_dict(), fitted)
+    problem = state_dict_mismatch(model.state_dict(), fitted)
     if problem:
         raise RobevalError(f"{path} does not fit robustbench:{name} ({problem}): delete it to "
                            "download it again, or put the right checkpoint there")
@@ -349,7 +349,7 @@ def _build_zoo_model(name: str, entry: dict) -> nn.Module:
         return entry["model"]()
     except Exception as err:
         raise RobevalError(f"robustbench:{name}: building its architecture failed "
-                           f"({type(err).__name__}: {_first_line(err)})") from err
+                           f"({type(err).__name__}: {first_line(err, 'no message')})") from err
 
 
 def fit_zoo_state_dict(model: nn.Module, state_dict: dict) -> dict:
@@ -372,18 +372,6 @@ def fit_zoo_state_dict(model: nn.Module, state_dict: dict) -> dict:
     if expected.keys() <= fitted.keys():
         fitted = {k: v for k, v in fitted.items() if k in expected}
     return fitted
-
-
-def mismatch(expected: dict, state_dict: dict) -> str:
-    """A short description of missing, unexpected and reshaped keys; empty when they fit."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    reshaped = [k for k in expected if k in state_dict
-                and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
-    details = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
-               ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "with other shapes"))
-               if keys]
-    return "; ".join(details)
 
 
 def _check_online(name: str, path: Path, from_file: bool) -> None:
@@ -410,10 +398,5 @@ def _download(name: str, path: Path, model_dir: str | Path, dataset: str,
                                           threat_model=threat_model)
     except Exception as err:
         raise RobevalError(f"robustbench:{name}: could not download or load {path} "
-                           f"({type(err).__name__}: {_first_line(err)}): check the network, or "
+                           f"({type(err).__name__}: {first_line(err, 'no message')}): check the network, or "
                            "put the checkpoint there") from err
-
-
-def _first_line(err: BaseException) -> str:
-    """The first non-empty line of an exception's message."""
-    return next((line.strip() for line in str(err).splitlines() if line.strip()), "no message")

@@ -80,10 +80,16 @@ def parse_eps(text: str | float) -> float:
     return value
 
 
-def positive_option(name: str, key: str, value: object) -> int:
-    """An attack option's value as a positive integer, or an error naming the option."""
+def positive_option(name: str, key: str, value: object, hint: str | None = None) -> int:
+    """An attack option's value as a positive integer, or an error naming the option.
+
+    With a `hint` the error ends in it, in brackets: "pgd10: restarts=0 must be a positive
+    integer (write e.g. restarts=2)".
+    """
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RobevalError(f"{name}: option {key}={value} must be a positive integer")
+        if hint is None:
+            raise RobevalError(f"{name}: option {key}={value} must be a positive integer")
+        raise RobevalError(f"{name}: {key}={value} must be a positive integer ({hint})")
     return value

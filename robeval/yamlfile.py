@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from robeval.errors import RobevalError
+from robeval.errors import RobevalError, first_line
 
 MAX_EXPANDED_NODES = 100_000   # values in a document with every alias written out
 
@@ -51,7 +51,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise RobevalError(f"{what} {path} is not UTF-8 text ({err.reason} at byte "
                            f"{err.start}): save it as UTF-8") from err
     except yaml.YAMLError as err:
-        raise RobevalError(f"{what} {path} is not valid YAML: {err}".splitlines()[0]) from err
+        raise RobevalError(f"{what} {path} is not valid YAML: {first_line(err)}") from err
 
 
 def parse_yaml(text: str, what: str) -> Any:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the cifar10-mini folder and small helpers."""
+"""Shared fixtures: the cifar10-mini folder, models trained once per session, small helpers;
+and the `cifar` mark on every test that needs cifar10-mini."""
 
 from __future__ import annotations
 
@@ -15,6 +16,18 @@ DEFAULT_CIFAR10_MINI = REPO_ROOT.parent / "shared" / "data" / "cifar10-mini"
 def cifar10_mini_path() -> Path:
     """Where cifar10-mini lives: $ROBEVAL_CIFAR10_MINI, else ../shared/data/cifar10-mini."""
     return Path(os.environ.get("ROBEVAL_CIFAR10_MINI", DEFAULT_CIFAR10_MINI))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Mark `cifar` every test whose fixture closure holds `cifar10_mini_dir`.
+
+    Read from the fixtures a test uses, directly or through other fixtures, so the mark cannot
+    drift from what it needs; first, so that `-m` (pytest deselects in this same hook) sees it.
+    """
+    for item in items:
+        if "cifar10_mini_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cifar)
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +51,29 @@ def fit_full_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.T
         torch.nn.functional.cross_entropy(model(images), labels).backward()
         optimizer.step()
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def cifar_mlp(cifar10_mini_dir) -> torch.nn.Module:
+    """A one-hidden-layer MLP (3072-64-10) after 100 full-batch Adam steps on the first 512
+    cifar10-mini training images, in eval mode: the small trained model several files attack.
+
+    Shared by the whole session: copy it (`copy.deepcopy`) before changing it in any way.
+    """
+    from robeval.data import DataConfig, load_data
+
+    config = DataConfig(dataset="cifar10", data_dir=str(cifar10_mini_dir), val_size=0,
+                        train_subset=512, augment=False)
+    images, labels = next(load_data(config).train.batches(512))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as under `one_torch_thread`, where its users trained it before
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 64),
+                                  torch.nn.ReLU(), torch.nn.Linear(64, 10))
+        return fit_full_batch(net, images, labels)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

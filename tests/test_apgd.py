@@ -13,17 +13,12 @@ from robeval.attacks.apgd import apgd_run, checkpoints, logit_targets, malt_scor
 from robeval.attacks.pgd import perturb
 from robeval.data import DataConfig, load_data, load_test_set
 from robeval.errors import RobevalError
-from tests.conftest import fit_full_batch
 
-pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SEED = 5
 ITERS = 20
 N_TEST = 256
-
-
-def _mlp() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
 
 
 def _frozen(model: nn.Module) -> nn.Module:
@@ -40,10 +35,10 @@ def train_batch(cifar10_mini_dir):
 
 
 @pytest.fixture(scope="module")
-def standard_net(train_batch):
-    """A one-hidden-layer MLP after 100 full-batch Adam steps."""
-    torch.manual_seed(0)
-    return fit_full_batch(_mlp(), *train_batch)
+def standard_net(cifar_mlp):
+    """A one-hidden-layer MLP after 100 full-batch Adam steps on `train_batch` (the session's
+    `cifar_mlp`: the fixtures below copy it)."""
+    return cifar_mlp
 
 
 @pytest.fixture(scope="module")

@@ -83,6 +83,7 @@ def test_default_step_sizes_follow_the_papers():
     assert build_attack("pgd2", ThreatModel(EPS)).step == pytest.approx(1.25 * EPS)
 
 
+@pytest.mark.slow
 def test_our_pgd_agrees_with_a_reference_pgd(trained, cifar_test_batch):
     images, labels = cifar_test_batch
     clean = trained(images).argmax(1) == labels
@@ -93,6 +94,7 @@ def test_our_pgd_agrees_with_a_reference_pgd(trained, cifar_test_batch):
     assert abs(ours - reference) <= 0.01 + 1e-9, (ours, reference)
 
 
+@pytest.mark.slow
 def test_accuracy_does_not_increase_from_fgsm_to_pgd10_to_pgd50(trained, cifar_test_batch):
     images, labels = cifar_test_batch
     accuracies = [robust_accuracy(build_attack(spec, ThreatModel(EPS)), trained, images, labels)
@@ -101,6 +103,7 @@ def test_accuracy_does_not_increase_from_fgsm_to_pgd10_to_pgd50(trained, cifar_t
     assert accuracies[0] > accuracies[2]
 
 
+@pytest.mark.slow
 def test_smooth_gradient_pgd1_is_at_least_as_strong_as_pgd1(trained, cifar_test_batch):
     images, labels = cifar_test_batch
     plain = robust_accuracy(build_attack("pgd1", ThreatModel(EPS)), trained, images, labels)
@@ -120,6 +123,7 @@ def test_smooth_gradients_leave_the_forward_pass_and_the_model_unchanged(trained
         assert torch.equal(outcome.robust, trained(outcome.adversarial).argmax(1) == labels[:32])
 
 
+@pytest.mark.slow
 def test_broken_samples_stop_costing_iterations(trained, cifar_test_batch):
     images, labels = cifar_test_batch
     clean = trained(images).argmax(1) == labels

@@ -17,7 +17,7 @@ from robeval.data import DataConfig, load_data, load_test_set
 from robeval.errors import RobevalError
 from tests.conftest import fit_full_batch
 
-pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EPS = 8 / 255
 N_IMAGES = 64  # at ε=8/255 one point survives APGD-CE, so every part of `aa` runs on it
@@ -71,6 +71,7 @@ def aa_pair(model, batch):
     return outcome, direct(model, images, labels, version="standard")
 
 
+@pytest.mark.slow
 def test_aa_matches_pyautoattack_standard_version(model, batch, aa_pair):
     images, labels = batch
     outcome, (x_adv, y_adv) = aa_pair
@@ -134,6 +135,7 @@ def _get(adversary, path):
     return getattr(getattr(adversary, holder), attribute)
 
 
+@pytest.mark.slow
 def test_aa_is_at_least_as_strong_as_apgd_ce(model, batch, aa_pair):
     images, labels = batch
     apgd = build_attack("pyautoattack-apgd-ce", ThreatModel(EPS)).run(model, images, labels, SEED)

@@ -14,6 +14,7 @@ def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.mark.slow
 def test_train_command_writes_a_run_folder_and_a_summary(tmp_path, capsys):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(capsys, "train", "--preset", "ci-small", "--epochs", "1",
@@ -29,6 +30,7 @@ def test_train_command_writes_a_run_folder_and_a_summary(tmp_path, capsys):
     assert "val_pgd_acc" in stdout and "best checkpoint" in stdout
 
 
+@pytest.mark.slow
 def test_default_run_folder_is_under_checkpoints(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     code, stdout, _ = run_cli(capsys, "train", "--preset", "ci-small", "--epochs", "1",

@@ -112,6 +112,7 @@ def test_attack_command_prints_passes_per_image(trained_cifar_run, cifar10_mini_
     assert clean.split()[-3:] == ["1.0", "1.0", "0.0"]
 
 
+@pytest.mark.slow
 def test_counts_survive_a_resume(trained_cifar_run, cifar10_mini_dir, tmp_path):
     straight = run_eval(trained_cifar_run, cifar10_mini_dir, tmp_path / "a.sqlite",
                         suite="fgsm,pgd5", n=160)

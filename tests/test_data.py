@@ -118,7 +118,6 @@ def test_unknown_dataset_error_lists_known_names():
 # --- CIFAR-10 on cifar10-mini -----------------------------------------------------------------
 
 
-@pytest.mark.cifar
 def test_cifar10_mini_shapes_counts_and_labels(cifar10_mini_dir):
     splits = load_data(DataConfig(dataset="cifar10", data_dir=str(cifar10_mini_dir), val_size=0))
     assert splits.val is None
@@ -131,7 +130,6 @@ def test_cifar10_mini_shapes_counts_and_labels(cifar10_mini_dir):
     assert splits.info.classes[0] == "airplane"
 
 
-@pytest.mark.cifar
 def test_cifar10_pixels_equal_the_raw_pickle_rows(cifar10_mini_dir):
     entry = DATASETS.get("cifar10")
     test, train = entry.read("test", cifar10_mini_dir), entry.read("train", cifar10_mini_dir)
@@ -145,7 +143,6 @@ def test_cifar10_pixels_equal_the_raw_pickle_rows(cifar10_mini_dir):
     assert torch.equal(part, torch.from_numpy(raw_third[b"data"].reshape(-1, 3, 32, 32)))
 
 
-@pytest.mark.cifar
 def test_cifar10_data_dir_may_be_the_batches_folder_itself(cifar10_mini_dir):
     parent = load_test_set("cifar10", cifar10_mini_dir)
     itself = load_test_set("cifar10", cifar10_mini_dir / BATCHES)
@@ -153,7 +150,6 @@ def test_cifar10_data_dir_may_be_the_batches_folder_itself(cifar10_mini_dir):
     assert torch.equal(parent.labels, itself.labels)
 
 
-@pytest.mark.cifar
 def test_load_test_set_returns_the_first_n_images(cifar10_mini_dir):
     full = load_test_set("cifar10", cifar10_mini_dir)
     first = load_test_set("cifar10", str(cifar10_mini_dir), n=100)
@@ -188,7 +184,6 @@ def test_subset_file_of_another_size_is_read_without_md5(tmp_path, monkeypatch):
     assert len(load_test_set("cifar10", tmp_path)) == 4
 
 
-@pytest.mark.cifar
 def test_mini_files_are_not_of_the_official_size(cifar10_mini_dir):
     for official in (*cifar.CIFAR10.train, *cifar.CIFAR10.test):
         assert (cifar10_mini_dir / BATCHES / official.name).stat().st_size != official.size
@@ -267,7 +262,6 @@ def test_download_that_leaves_no_files_is_an_error(tmp_path, monkeypatch):
     assert "--data-dir" in _error(lambda: load_test_set("cifar10", tmp_path))
 
 
-@pytest.mark.cifar
 def test_missing_training_file_is_named(cifar10_mini_dir, tmp_path):
     folder = _copy_mini(cifar10_mini_dir, tmp_path)
     (folder / "data_batch_3").unlink()
@@ -278,7 +272,6 @@ def test_missing_training_file_is_named(cifar10_mini_dir, tmp_path):
 # --- truncated and corrupt files --------------------------------------------------------------
 
 
-@pytest.mark.cifar
 def test_truncated_test_batch_is_reported(cifar10_mini_dir, tmp_path):
     path = _copy_mini(cifar10_mini_dir, tmp_path) / "test_batch"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])

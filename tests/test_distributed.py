@@ -126,6 +126,7 @@ def _batchnorm_rank(rank: int, port: int, x: torch.Tensor, out: dict) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_global_batchnorm_on_two_gloo_ranks_equals_batchnorm_on_the_whole_batch():
     x = torch.randn(10, 3, 4, 4) * 2 + 1
     with mp.Manager() as manager:
@@ -293,6 +294,7 @@ def test_killed_rank_leaves_a_consistent_store_and_a_rerun_on_one_rank_finishes_
     pd.testing.assert_frame_equal(_outcomes(db), _outcomes(tmp_path / "one.sqlite"))
 
 
+@pytest.mark.slow
 def test_nproc_one_runs_in_this_process(trained_cifar_run, cifar10_mini_dir, tmp_path):
     db = tmp_path / "one.sqlite"
     args = _attack_args(trained_cifar_run, cifar10_mini_dir, db)

@@ -29,6 +29,7 @@ def run_eval(run_dir, data_dir, db, **overrides):
                     log=lambda _: None)
 
 
+@pytest.mark.slow
 def test_cascade_summary_is_cumulative_and_ends_with_the_worst_case(trained_cifar_run,
                                                                     cifar10_mini_dir, tmp_path):
     result = run_eval(trained_cifar_run, cifar10_mini_dir, tmp_path / "db.sqlite")
@@ -48,6 +49,7 @@ def test_cascade_summary_is_cumulative_and_ends_with_the_worst_case(trained_cifa
     assert (samples.loc[misclassified, "outcome_fgsm"] == "skipped").all()
 
 
+@pytest.mark.slow
 def test_independent_mode_gives_each_attack_its_own_accuracy(trained_cifar_run,
                                                              cifar10_mini_dir, tmp_path):
     result = run_eval(trained_cifar_run, cifar10_mini_dir, tmp_path / "db.sqlite",
@@ -59,6 +61,7 @@ def test_independent_mode_gives_each_attack_its_own_accuracy(trained_cifar_run,
     assert (samples.loc[attacked, "outcome_pgd10"] != "skipped").all()
 
 
+@pytest.mark.slow
 def test_same_command_gives_the_same_per_sample_outcomes(trained_cifar_run, cifar10_mini_dir,
                                                          tmp_path):
     frames = []
@@ -69,6 +72,7 @@ def test_same_command_gives_the_same_per_sample_outcomes(trained_cifar_run, cifa
     assert frames[0].equals(frames[1])
 
 
+@pytest.mark.slow
 def test_rerun_resumes_and_fresh_starts_over(trained_cifar_run, cifar10_mini_dir, tmp_path):
     db = tmp_path / "db.sqlite"
     first = run_eval(trained_cifar_run, cifar10_mini_dir, db)
@@ -90,6 +94,7 @@ def committed_batches(db) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_resume_after_a_kill_gives_the_outcomes_of_an_uninterrupted_run(
         trained_cifar_run, cifar10_mini_dir, tmp_path):
     args = ["attack", str(trained_cifar_run), "--suite", "fgsm,pgd20", "--n", "600",
@@ -112,6 +117,7 @@ def test_resume_after_a_kill_gives_the_outcomes_of_an_uninterrupted_run(
     assert resumed.summary(1)["accuracy"].equals(straight.summary(1)["accuracy"])
 
 
+@pytest.mark.slow
 def test_attack_command_prints_a_summary_table(trained_cifar_run, cifar10_mini_dir, tmp_path,
                                                capsys):
     code = main(["attack", str(trained_cifar_run), "--suite", "fgsm", "--n", "64",
@@ -123,6 +129,7 @@ def test_attack_command_prints_a_summary_table(trained_cifar_run, cifar10_mini_d
         assert text in out
 
 
+@pytest.mark.slow
 def test_auto_batch_size_on_cpu_is_recorded(trained_cifar_run, cifar10_mini_dir, tmp_path):
     result = run_eval(trained_cifar_run, cifar10_mini_dir, tmp_path / "db.sqlite",
                       batch_size="auto", n=300, suite="fgsm")

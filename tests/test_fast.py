@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import Tensor, nn
 
 from robeval.attacks import ThreatModel, build_attack, parse_suite
-from robeval.data import DataConfig, load_data, load_test_set
+from robeval.data import load_test_set
 from robeval.errors import RobevalError
-from tests.conftest import fit_full_batch
 
-pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SEED = 2
 EPS = 4 / 255
@@ -53,14 +54,10 @@ class Quantised(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def model(cifar10_mini_dir):
-    """A one-hidden-layer MLP after 100 full-batch Adam steps on 512 CIFAR-10 images, frozen."""
-    config = DataConfig(dataset="cifar10", data_dir=str(cifar10_mini_dir), val_size=0,
-                        train_subset=512, augment=False)
-    images, labels = next(load_data(config).train.batches(512))
-    torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 64), nn.ReLU(), nn.Linear(64, 10))
-    net = fit_full_batch(net, images, labels)
+def model(cifar_mlp):
+    """A one-hidden-layer MLP after 100 full-batch Adam steps on 512 CIFAR-10 images, frozen
+    (a copy of the session's `cifar_mlp`)."""
+    net = copy.deepcopy(cifar_mlp)
     for parameter in net.parameters():
         parameter.requires_grad_(False)
     return net.eval()
@@ -84,6 +81,7 @@ def aa_run(model, points):
     return outcome, counting.passes
 
 
+@pytest.mark.slow
 def test_breaks_everything_aa_breaks_at_a_fraction_of_the_cost(model, points, aa_run):
     aa, aa_passes = aa_run
     counting = Counting(model)

@@ -145,7 +145,8 @@ CASES = [
                               "--suite", "pgd10(step=-1)"],
      "step=-1 must be a positive number", no_setup),
     ("attack-batch-size-0", ["attack", "{run}", *ATTACK, "--db", "{db}", "--batch-size", "0"],
-     "--batch-size must be auto or a positive number", no_setup),
+     "--batch-size must be valid, not '0': input should be 'auto' or input should be greater than "
+     "or equal to 1", no_setup),
     ("attack-device-foo", ["attack", "{run}", *ATTACK, "--db", "{db}", "--device", "foo"],
      "unknown device 'foo': use --device auto, cpu", no_setup),
     ("attack-norm-l3", ["attack", "{run}", *ATTACK, "--db", "{db}", "--norm", "l3"],
@@ -157,7 +158,7 @@ CASES = [
     ("attack-mode", ["attack", "{run}", *ATTACK, "--db", "{db}", "--mode", "both"],
      "unknown mode 'both'", no_setup),
     ("attack-n-0", ["attack", "{run}", *ATTACK, "--db", "{db}", "--n", "0"],
-     "--n must be at least 1", no_setup),
+     "--n must be valid, not 0: input should be greater than or equal to 1", no_setup),
     ("attack-db-is-a-folder", ["attack", "{run}", *ATTACK, "--db", "{dir}"],
      "is a folder, not a database file", directory_db),
     ("attack-missing-model", ["attack", "{root}/nothing-here", *ATTACK, "--db", "{db}"],
@@ -246,6 +247,7 @@ def test_bad_input_is_one_line_naming_the_fix_and_keeps_finished_work(work, tmp_
     assert not (tmp_path / "root").exists()   # experiments refused before any work
 
 
+@pytest.mark.slow
 def test_resume_without_a_previous_run_says_it_starts_fresh(tmp_path, capsys):
     code, stdout, _ = cli(capsys, "train", *TRAIN, "--out", tmp_path / "new", "--resume")
     assert code == 0
@@ -425,6 +427,7 @@ def kill_report(db: Path, out: Path) -> int:
                           env=env, capture_output=True, timeout=300).returncode
 
 
+@pytest.mark.slow
 def test_a_report_killed_at_its_first_write_leaves_no_partial_file(work, tmp_path, capsys):
     db = store_copy(work, tmp_path)
     fresh, existing = tmp_path / "fresh", tmp_path / "existing"
@@ -463,6 +466,7 @@ class _FullDisk:
         self.handle.close()
 
 
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_last_good_epoch_and_resume_continues(tmp_path, capsys, monkeypatch):
     names, last_writes = {}, []
     real_mkstemp, real_fdopen = tempfile.mkstemp, os.fdopen
@@ -497,6 +501,7 @@ def test_a_full_disk_keeps_the_last_good_epoch_and_resume_continues(tmp_path, ca
     assert [row["epoch"] for row in checkpoints.read_jsonl(out / "history.jsonl")] == [1, 2]
 
 
+@pytest.mark.slow
 def test_an_evaluation_on_a_full_disk_says_so_and_the_rerun_resumes(work, tmp_path, capsys,
                                                                    monkeypatch):
     db, batches = tmp_path / "store.sqlite", []

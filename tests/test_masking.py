@@ -19,7 +19,7 @@ from robeval.diagnostics.masking import CHEAP_CHECKS, CHECKS, run_checks
 from robeval.errors import RobevalError
 from robeval.runs import load_model
 
-pytestmark = [pytest.mark.cifar, pytest.mark.usefixtures("one_torch_thread")]
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 EPS = 8 / 255
 N_IMAGES = 200
@@ -30,7 +30,7 @@ OPTIONS = {"black_box": {"queries": QUERIES}}
 
 @pytest.fixture(scope="module")
 def standard_model(cifar10_mini_dir, tmp_path_factory):
-    """cnn-small trained without an adversary for 3 epochs on cifar10-mini."""
+    """cnn-small trained without an adversary for 3 epochs on cifar10-mini (only `slow` tests use it)."""
     from robeval.train import resolve_config, train
 
     config = resolve_config("ci-small", overrides={
@@ -186,16 +186,19 @@ def attack_flags(model: nn.Module, data_dir) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("kind", ZOO)
+@pytest.mark.slow
 def test_planted_masking_is_flagged_by_robeval_attack(kind, standard_model, cifar10_mini_dir):
     wrap, expected = ZOO[kind]
     assert expected in attack_flags(wrap(standard_model), cifar10_mini_dir)
 
 
-@pytest.mark.parametrize("which", ["standard_model", "robust_model"])
+# standard_model is trained only for the slow tests; the shared robust one costs this file nothing
+@pytest.mark.parametrize("which", [pytest.param("standard_model", marks=pytest.mark.slow), "robust_model"])
 def test_honest_models_raise_no_flag_under_robeval_attack(which, cifar10_mini_dir, request):
     assert attack_flags(request.getfixturevalue(which), cifar10_mini_dir) == {}
 
 
+@pytest.mark.slow
 def test_unbounded_flags_zero_gradients_from_the_clean_image(standard_model, batch):
     result = check("unbounded", Quantised(standard_model), batch)
     accuracy, chance = result.evidence["accuracy"], result.evidence["chance"]
@@ -204,12 +207,14 @@ def test_unbounded_flags_zero_gradients_from_the_clean_image(standard_model, bat
     assert not check("unbounded", Scaled(standard_model, 1000.0), batch).passed
 
 
+@pytest.mark.slow
 def test_larger_eps_flags_a_flat_curve(standard_model, batch):
     result = check("larger_eps", Quantised(standard_model, levels=8), batch)
     assert not result.passed and "flat" in result.flag, result.evidence
     assert result.evidence["retained_at_4eps"] > 0.5
 
 
+@pytest.mark.slow
 def test_gradient_quality_flags_shattered_gradients_and_measures_honest_ones(standard_model, batch):
     shattered_result = check("gradient_quality", shattered(standard_model), batch)
     honest = check("gradient_quality", standard_model, batch)
@@ -239,6 +244,7 @@ def flagged(results) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("which", ["standard_model", "robust_model"])
+@pytest.mark.slow
 def test_honest_models_raise_no_flag(which, batch, request):
     model = request.getfixturevalue(which)
     images, labels = batch
@@ -251,6 +257,7 @@ def test_honest_models_raise_no_flag(which, batch, request):
         assert result.explanation and result.flag is None
 
 
+@pytest.mark.slow
 def test_quantised_input_is_flagged_by_gradients_and_black_box(standard_model, batch):
     model = Quantised(standard_model)
     gradients = check("gradients", model, batch)
@@ -260,6 +267,7 @@ def test_quantised_input_is_flagged_by_gradients_and_black_box(standard_model, b
     assert black_box.evidence["square_only_broke"] == len(black_box.evidence["square_only_indices"])
 
 
+@pytest.mark.slow
 def test_saturated_logits_are_flagged_by_gradients(standard_model, batch):
     result = check("gradients", Scaled(standard_model), batch)
     assert not result.passed and result.evidence["zero_gradients"] > 0.9 * result.evidence["correct"]
@@ -267,6 +275,7 @@ def test_saturated_logits_are_flagged_by_gradients(standard_model, batch):
     assert logits.passed and logits.evidence["max_exp_sum_error"] == "inf"
 
 
+@pytest.mark.slow
 def test_random_noise_is_flagged_by_determinism(standard_model, batch):
     result = check("determinism", Noisy(standard_model), batch)
     assert not result.passed and result.evidence["repeat_difference"] > 1e-2
@@ -275,11 +284,13 @@ def test_random_noise_is_flagged_by_determinism(standard_model, batch):
     assert not more.passed, more.evidence
 
 
+@pytest.mark.slow
 def test_gradients_only_on_clean_images_are_flagged_by_fgsm_vs_pgd(standard_model, batch):
     result = check("fgsm_vs_pgd", GridOnlyGradients(standard_model), batch)
     assert not result.passed and result.evidence["only_weaker_broke"] > 20, result.evidence
 
 
+@pytest.mark.slow
 def test_probabilities_are_flagged_by_logits(standard_model, batch):
     result = check("logits", Softmaxed(standard_model), batch)
     assert not result.passed and result.evidence["outputs"] == "probabilities"
@@ -289,6 +300,7 @@ def test_probabilities_are_flagged_by_logits(standard_model, batch):
     assert any("probability distribution" in warning for warning in warnings)
 
 
+@pytest.mark.slow
 def test_autoattack_checks_leave_pyautoattack_and_the_tracer_as_they_were(standard_model, small_batch):
     counters, previous = dict(aa_checks.funcs), sys.gettrace()
 
@@ -306,6 +318,7 @@ def test_autoattack_checks_leave_pyautoattack_and_the_tracer_as_they_were(standa
     assert check("autoattack_checks", standard_model, small_batch).passed
 
 
+@pytest.mark.slow
 def test_cheap_selection_runs_only_the_cheap_checks(standard_model, small_batch):
     images, labels = small_batch
     for names in (None, "cheap"):
@@ -314,6 +327,7 @@ def test_cheap_selection_runs_only_the_cheap_checks(standard_model, small_batch)
     assert set(CHEAP_CHECKS) < set(CHECKS)
 
 
+@pytest.mark.slow
 def test_unknown_check_names_the_known_ones(standard_model, small_batch):
     images, labels = small_batch
     with pytest.raises(RobevalError, match="unknown masking check 'nope'.*determinism.*black_box"):
@@ -322,6 +336,7 @@ def test_unknown_check_names_the_known_ones(standard_model, small_batch):
         run_checks(standard_model, images, labels, eps=EPS, options={"nope": {"queries": 1}})
 
 
+@pytest.mark.slow
 def test_checks_restore_mode_rng_and_leave_no_parameter_gradients(standard_model, small_batch):
     images, labels = small_batch
     standard_model.train()

@@ -13,6 +13,8 @@ from robeval.sources import load_source
 from robeval.train import resolve_config, train
 from tests.pdf_layout import runs_off_page, squashed
 
+pytestmark = pytest.mark.slow  # every test reads `store`, which trains and attacks a second model
+
 
 @pytest.fixture(scope="module")
 def store(trained_cifar_run, cifar10_mini_dir, tmp_path_factory):

@@ -37,7 +37,7 @@ from robeval.attacks.autoattack import PyAutoAttack
 from robeval.attacks.base import ATTACKS, AttackOutcome, ThreatModel, evaluate_examples
 from robeval.attacks.steps import NORMS
 from robeval.errors import RobevalError
-from robeval.spec import format_spec
+from robeval.spec import format_spec, positive_option
 
 CHECK_IMAGES = 200      # at most this many points of a batch go to the masking gate
 GATE_SAMPLE = 32        # points broken by the gradient stages that the gate looks at as well
@@ -136,13 +136,7 @@ def _build(threat: ThreatModel, options: dict) -> FastAutoAttack:
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
         raise RobevalError(f"aa-fast has no option {', '.join(unknown)}; options: {', '.join(DEFAULTS)}")
-    values = {}
-    for key, value in options.items():
-        if isinstance(value, float) and value.is_integer():
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise RobevalError(f"aa-fast: option {key}={value} must be a positive integer")
-        values[key] = value
+    values = {key: positive_option("aa-fast", key, value) for key, value in options.items()}
     if threat.norm not in NORMS or NORMS.resolve(threat.norm) not in ("linf", "l2"):
         raise RobevalError(f"aa-fast supports the norms linf, l2, not {threat.norm!r}")
     return FastAutoAttack(threat, **values)

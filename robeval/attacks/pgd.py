@@ -12,22 +12,16 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from robeval.activations import smooth_relu_gradients
 from robeval.attacks.base import ATTACKS, add_pattern, evaluate_examples, margins
-from robeval.attacks.losses import input_gradient
+from robeval.attacks.losses import cross_entropy, input_gradient
 from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError
-from robeval.spec import format_spec
+from robeval.spec import format_spec, positive_option
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-sample loss
-
-
-def cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
-    """Per-sample cross-entropy."""
-    return F.cross_entropy(logits, labels, reduction="none")
 
 
 def default_step_size(eps: float, steps: int, norm: str = "linf") -> float:
@@ -201,12 +195,8 @@ class PGDAttack:
 
 def _count_option(attack: str, key: str, value: object) -> int:
     """A step or restart count as a positive integer, or an error naming the option."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        what = "pgdK needs K >= 1, e.g. pgd10" if key == "steps" else f"write e.g. {key}=2"
-        raise RobevalError(f"{attack}: {key}={value} must be a positive integer ({what})")
-    return value
+    hint = "pgdK needs K >= 1, e.g. pgd10" if key == "steps" else f"write e.g. {key}=2"
+    return positive_option(attack, key, value, hint)
 
 
 def _step_option(attack: str, value: object) -> float:

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from robeval.attacks.losses import input_gradient
-from robeval.attacks.pgd import LossFn, cross_entropy, eval_step_size, perturb
+from robeval.attacks.losses import cross_entropy, input_gradient
+from robeval.attacks.pgd import LossFn, eval_step_size, perturb
 from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError
 

@@ -108,25 +108,31 @@ def model_names() -> list[str]:
     return MODELS.names() + ["wrn-D-W"]
 
 
-def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
-    """Load weights, turning key and shape mismatches into a one-line error naming the fix."""
-    expected = model.state_dict()
+def state_dict_mismatch(expected: dict, state_dict: dict, shapes: bool = False) -> str:
+    """A short description of missing, unexpected and reshaped keys; empty when they fit.
+
+    With `shapes`, the example of a reshaped key names both shapes (the file's vs the model's).
+    """
     missing = [k for k in expected if k not in state_dict]
     unexpected = [k for k in state_dict if k not in expected]
-    wrong_shape = [k for k in expected if k in state_dict
-                   and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong_shape:
-        details = []
-        if missing:
-            details.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            details.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong_shape:
-            key = wrong_shape[0]
-            details.append(f"{len(wrong_shape)} with other shapes (e.g. {key}: "
-                           f"{tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)})")
+    reshaped = [k for k in expected if k in state_dict
+                and tuple(state_dict[k].shape) != tuple(expected[k].shape)]
+    details = [f"{len(keys)} {what} (e.g. {keys[0]})"
+               for keys, what in ((missing, "missing"), (unexpected, "unexpected")) if keys]
+    if reshaped:
+        key = reshaped[0]
+        example = (f"{key}: {tuple(state_dict[key].shape)} vs {tuple(expected[key].shape)}"
+                   if shapes else key)
+        details.append(f"{len(reshaped)} with other shapes (e.g. {example})")
+    return "; ".join(details)
+
+
+def load_state_dict_checked(model: nn.Module, state_dict: dict, source: str) -> None:
+    """Load weights, turning key and shape mismatches into a one-line error naming the fix."""
+    problem = state_dict_mismatch(model.state_dict(), state_dict, shapes=True)
+    if problem:
         raise RobevalError(
-            f"{source} does not match the architecture ({'; '.join(details)}): pass the "
+            f"{source} does not match the architecture ({problem}): pass the "
             "--model/--activation/dataset it was trained with"
         )
     model.load_state_dict(state_dict)

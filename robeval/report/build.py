@@ -12,6 +12,7 @@ import pandas as pd
 
 from robeval.activations import get_activation
 from robeval.checkpoints import remove_stale_temporaries
+from robeval.diagnostics.explain import GRADIENT_UNITS, R_READING, quantity_label, quantity_unit
 from robeval.errors import RobevalError
 from robeval.report import FORMATS, figures, tables
 from robeval.report.collect import ReportData, collect
@@ -64,6 +65,14 @@ def _activation_specs(data: ReportData) -> list[str]:
     return known or list(DEFAULT_ACTIVATIONS)
 
 
+def gradient_quality_caption() -> str:
+    """The caption of the gradient-quality figure, its quantities named as the diagnostics name them."""
+    return (f"Linearisation error {quantity_label('R_fgsm')} ({quantity_unit('R_fgsm')}) and "
+            f"input-gradient norm {quantity_label('grad_l1')} ({quantity_unit('grad_l1')}) per "
+            f"epoch on a fixed training batch ({GRADIENT_UNITS}); crosses mark flagged catastrophic "
+            f"overfitting. {R_READING[0].upper()}{R_READING[1:]}.")
+
+
 def _figures(data: ReportData, store: ResultsStore) -> list[Section]:
     sections = [Section("activations", "Activations and their first derivatives (closed form from "
                         "the registry), as in SAT Figures 1 and 2.",
@@ -73,9 +82,7 @@ def _figures(data: ReportData, store: ResultsStore) -> list[Section]:
         sections.append(Section("training", "Training curves: loss, clean and validation PGD "
                                 "accuracy per epoch.", figures.training_curves(histories)))
         try:
-            sections.append(Section("gradient-quality", "Linearisation error R(x, δ_FGSM) and "
-                                    "input-gradient norm ‖∇ₓL‖₁ per epoch on a fixed training "
-                                    "batch; crosses mark flagged catastrophic overfitting.",
+            sections.append(Section("gradient-quality", gradient_quality_caption(),
                                     figures.gradient_quality_curves(histories)))
         except RobevalError:
             pass

@@ -28,6 +28,7 @@ from matplotlib.text import Text
 from robeval.activations import ACTIVATIONS, get_activation
 from robeval.attacks.steps import get_norm
 from robeval.checkpoints import read_jsonl
+from robeval.diagnostics.explain import quantity_unit
 from robeval.errors import RobevalError
 from robeval.report.collect import ReportData
 from robeval.spec import parse_spec
@@ -119,8 +120,10 @@ def line_styles(items: Sequence[tuple[str, str | None]],
 
 # --- shared helpers ------------------------------------------------------------------------
 
-R_FGSM_LABEL = r"$R(x, \delta_{\mathrm{FGSM}})$"
-GRAD_L1_LABEL = r"$\|\nabla_x L\|_1$"
+# the y-labels of the gradient-quality panels: the papers' formula in mathtext, the unit from
+# robeval.diagnostics.explain.QUANTITY_LABELS
+R_FGSM_LABEL = r"$R(x, \delta_{\mathrm{FGSM}})$" + f" ({quantity_unit('R_fgsm')})"
+GRAD_L1_LABEL = r"$\|\nabla_x L\|_1$" + f" ({quantity_unit('grad_l1')})"
 MATH_LABELS = frozenset({R_FGSM_LABEL, GRAD_L1_LABEL})   # robeval's own mathtext, nothing else
 
 

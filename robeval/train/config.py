@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,11 +16,11 @@ from robeval.device import check_device
 from robeval.errors import RobevalError
 from robeval.models import ModelConfig, resolve_arch
 from robeval.spec import parse_eps, parse_number
+from robeval.train.methods import METHODS
+from robeval.train.optimizers import OPTIMIZERS
+from robeval.train.schedule import SCHEDULES
 from robeval.yamlfile import read_yaml
 
-METHODS = ("standard", "fgsm", "pgd", "trades", "igr")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("piecewise", "cosine", "onecycle", "constant")
 BN_MODES = ("eval", "train")
 CONFIG_ONLY = frozenset({"val_batch_size"})  # settings without a command-line option
 
@@ -29,8 +29,8 @@ CONFIG_ONLY = frozenset({"val_batch_size"})  # settings without a command-line o
 class AdversaryConfig:
     """How training examples are crafted (the inner maximisation)."""
 
-    method: str = "pgd"              # standard | fgsm | pgd | trades | igr
-    norm: str = "linf"               # linf | l2 (l2 for pgd and trades)
+    method: str = "pgd"              # a name in METHODS (train.methods)
+    norm: str = "linf"               # a name in NORMS (l2 for pgd and trades)
     eps: float = 8 / 255             # radius of the threat model, [0,1] pixel units
     steps: int = 1                   # attack steps for pgd and trades (1 = SAT's PGD-1)
     step_size: float | None = None   # None: ε for 1 step (1.25ε for FGSM with random start), 2.5ε/K else
@@ -45,12 +45,12 @@ class AdversaryConfig:
 class OptimConfig:
     """The outer minimisation: optimiser, schedule and regularisers."""
 
-    optimizer: str = "sgd"           # sgd | adam | adamw
+    optimizer: str = "sgd"           # a name in OPTIMIZERS (train.optimizers)
     lr: float = 0.1                  # peak learning rate at base_batch_size
     momentum: float = 0.9            # sgd momentum
     nesterov: bool = False
     weight_decay: float = 5e-4
-    schedule: str = "piecewise"      # piecewise | cosine | onecycle | constant
+    schedule: str = "piecewise"      # a name in SCHEDULES (train.schedule)
     milestones: tuple[int, ...] = () # piecewise: epochs where the LR is multiplied by gamma
     gamma: float = 0.1
     warmup_epochs: float = 0         # linear LR warm-up from 0, in epochs
@@ -185,7 +185,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     return config
 
 
-def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
+def _choice(value: str, choices: Sequence[str], what: str) -> None:
     if value not in choices:
         raise RobevalError(f"unknown {what} {value!r}; known: {', '.join(choices)}")
 
@@ -193,9 +193,9 @@ def _choice(value: str, choices: tuple[str, ...], what: str) -> None:
 def validate(config: TrainConfig) -> None:
     """One-line errors for settings that cannot work together."""
     adv, optim = config.adversary, config.optim
-    _choice(adv.method, METHODS, "training method")
-    _choice(optim.optimizer, OPTIMIZERS, "optimizer")
-    _choice(optim.schedule, SCHEDULES, "LR schedule")
+    for value, registry in ((adv.method, METHODS), (optim.optimizer, OPTIMIZERS),
+                            (optim.schedule, SCHEDULES)):
+        _choice(value, registry.names(), registry.kind)   # exact names: configs are saved as given
     _choice(adv.bn_mode, BN_MODES, "BN mode")
     _choice(optim.lr_scaling, ("none", "linear"), "LR scaling rule")
     _choice(config.model.smooth_grad, tuple(SMOOTH_GRAD_MODES), "smooth-grad mode")

@@ -47,6 +47,7 @@ from robeval.models import model_for as build_network
 from robeval.train.config import TrainConfig, config_from_dict, config_to_dict
 from robeval.train.config import validate as validate_config
 from robeval.train.methods import METHODS
+from robeval.train.optimizers import OPTIMIZERS
 from robeval.train.schedule import eps_at, lr_at
 from robeval.yamlfile import parse_yaml
 
@@ -72,12 +73,7 @@ def model_for(config: TrainConfig, info: DatasetInfo) -> NormalizedModel:
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """The configured optimiser (its LR is set every step from the schedule)."""
-    optim, params = config.optim, model.parameters()
-    if optim.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.effective_lr, momentum=optim.momentum,
-                               nesterov=optim.nesterov, weight_decay=optim.weight_decay)
-    cls = torch.optim.Adam if optim.optimizer == "adam" else torch.optim.AdamW
-    return cls(params, lr=config.effective_lr, weight_decay=optim.weight_decay)
+    return OPTIMIZERS.get(config.optim.optimizer)(model.parameters(), config)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -160,7 +156,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, source: 
     After every optimiser step a non-finite loss, gradient, parameter or buffer on any rank
     stops the run on all ranks with a one-line error (`out` is the run folder it names).
     """
-    method = METHODS[config.adversary.method]
+    method = METHODS.get(config.adversary.method)
     criterion = lambda logits, labels: F.cross_entropy(  # noqa: E731
         logits, labels, label_smoothing=config.optim.label_smoothing)
     batch_size = config.optim.batch_size

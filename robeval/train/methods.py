@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,10 @@ from torch import Tensor, nn
 from robeval.activations import ATTACKER, gradient_phase
 from robeval.attacks.pgd import perturb
 from robeval.distributed import unwrap
-from robeval.train.config import AdversaryConfig
+from robeval.registry import Registry
+
+if TYPE_CHECKING:  # config validates method names against METHODS, so it imports this module
+    from robeval.train.config import AdversaryConfig
 
 
 @dataclass
@@ -41,7 +45,8 @@ class StepOutput:
 
 
 Criterion = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> mean loss
-Method = Callable[[nn.Module, Tensor, Tensor, AdversaryConfig, float, Criterion], StepOutput]
+Method = Callable[[nn.Module, Tensor, Tensor, "AdversaryConfig", float, Criterion], StepOutput]
+METHODS: Registry[Method] = Registry("training method", ordered=True)
 
 
 @contextmanager
@@ -90,6 +95,7 @@ def step_size_for(adv: AdversaryConfig, steps: int) -> float | None:
     return None
 
 
+@METHODS.register("standard")
 def standard(model, images, labels, adv, eps, criterion) -> StepOutput:
     """Clean training."""
     logits = model(images)
@@ -114,11 +120,13 @@ def _adversarial(model, images, labels, adv, eps, criterion, steps: int) -> Step
     return StepOutput(loss, clean, logits.detach(), craft)
 
 
+@METHODS.register("fgsm")
 def fgsm(model, images, labels, adv, eps, criterion) -> StepOutput:
     """FGSM training: one signed-gradient step (optionally from a random start)."""
     return _adversarial(model, images, labels, adv, eps, criterion, steps=1)
 
 
+@METHODS.register("pgd")
 def pgd(model, images, labels, adv, eps, criterion) -> StepOutput:
     """PGD-K training (K = adv.steps; PGD-1 with step ε is the SAT recipe)."""
     return _adversarial(model, images, labels, adv, eps, criterion, steps=adv.steps)
@@ -131,6 +139,7 @@ def _kl_to(clean_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
     return per_sample_kl
 
 
+@METHODS.register("trades")
 def trades(model, images, labels, adv, eps, criterion) -> StepOutput:
     """TRADES (Zhang et al.): CE(f(x)) + β·KL(f(x) ‖ f(x')), x' maximising the KL term."""
     with crafting(model, adv.bn_mode) as attacker:
@@ -146,6 +155,7 @@ def trades(model, images, labels, adv, eps, criterion) -> StepOutput:
     return StepOutput(loss, clean_logits.detach(), adv_logits.detach())
 
 
+@METHODS.register("igr")
 def igr(model, images, labels, adv, eps, criterion) -> StepOutput:
     """Input-gradient regularisation: CE + λ·mean‖∇ₓ CE‖₁, λ = ε by default."""
     weight = eps if adv.igr_lambda is None else adv.igr_lambda
@@ -155,7 +165,3 @@ def igr(model, images, labels, adv, eps, criterion) -> StepOutput:
     (grad,) = torch.autograd.grad(per_sample.sum(), images, create_graph=True)
     loss = criterion(logits, labels) + weight * grad.abs().flatten(1).sum(1).mean()
     return StepOutput(loss, logits.detach(), None)
-
-
-METHODS: dict[str, Method] = {"standard": standard, "fgsm": fgsm, "pgd": pgd,
-                              "trades": trades, "igr": igr}
