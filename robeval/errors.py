@@ -26,3 +26,15 @@ def first_line(err: BaseException, empty: str | None = None) -> str:
     """
     lines = (line.strip() for line in str(err).splitlines())
     return next((line for line in lines if line), empty or type(err).__name__)
+
+
+def short_repr(value: object, limit: int = 40) -> str:
+    """`repr(value)` cut to `limit` characters for a one-line message; an int too long for repr
+    (past 4300 digits Python refuses) is described by its size instead."""
+    try:
+        text = repr(value)
+    except ValueError:
+        digits = int(value.bit_length() * 0.30103) + 1 if isinstance(value, int) else 0
+        text = f"<a number of about {digits} digits>" if digits else f"<a {type(value).__name__}>"
+    text = " ".join(text.splitlines())
+    return text if len(text) <= limit else text[:limit - 3] + "..."

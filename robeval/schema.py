@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter, ValidationError
 
-from robeval.errors import RobevalError
+from robeval.errors import RobevalError, short_repr
 
 MAX_SEED = 2**63 - 1           # what SQLite stores as an integer
 MAX_IMAGES = 2**31 - 1         # test images a run may ask for
@@ -54,6 +54,5 @@ def first_problem(err: ValidationError) -> str:
     field = problems[0]["loc"][0]
     messages = [p["msg"] for p in problems if p["loc"][0] == field]
     wanted = " or ".join(dict.fromkeys(message[0].lower() + message[1:] for message in messages))
-    shown = repr(problems[0].get("input"))
-    shown = shown if len(shown) <= 40 else shown[:37] + "..."
+    shown = short_repr(problems[0].get("input"))
     return f"{option_name(str(field))} must be valid, not {shown}: {wanted}"

@@ -6,7 +6,7 @@ import math
 import re
 from fractions import Fraction
 
-from robeval.errors import RobevalError
+from robeval.errors import RobevalError, short_repr
 
 _SPEC = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\((.*)\))?\s*$")
 
@@ -15,14 +15,21 @@ def parse_number(text: str | float | int) -> float | int:
     """`8/255` → 0.0313..., `1e-3` → 0.001, `10` → 10 (ints stay ints)."""
     if isinstance(text, (int, float)):
         return text
-    text = str(text).strip()
+    try:
+        text = str(text).strip()
+    except ValueError as err:   # e.g. a list holding a 4300+ digit int, which str() refuses
+        raise RobevalError(f"{short_repr(text)} is not a number (write e.g. 0.5, 1e-3 or 8/255)") from err
     try:
         if "/" in text:
             return float(Fraction(text.replace(" ", "")))
-        value = float(text)
-    except (ValueError, ZeroDivisionError) as err:
-        raise RobevalError(f"{text!r} is not a number (write e.g. 0.5, 1e-3 or 8/255)") from err
-    return int(value) if re.fullmatch(r"[+-]?\d+", text) else value
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)   # exact; past 4300 digits int() refuses (ValueError)
+        return float(text)
+    except (ValueError, ZeroDivisionError, OverflowError) as err:
+        shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+        raise RobevalError(f"{shown} is not a number that fits (write e.g. 0.5, 1e-3 or 8/255)"
+                           if isinstance(err, OverflowError) or len(text) > 4000 else
+                           f"{shown} is not a number (write e.g. 0.5, 1e-3 or 8/255)") from err
 
 
 def parse_value(text: str) -> float | int | bool | str:
@@ -68,7 +75,12 @@ def format_spec(name: str, options: dict) -> str:
 
 def parse_eps(text: str | float) -> float:
     """ε in [0,1] pixel units; a value above 1 is an error with a hint, never silently rescaled."""
-    value = float(parse_number(text))
+    number = parse_number(text)
+    try:
+        value = float(number)
+    except OverflowError:   # an int past float's range
+        value = math.inf if number > 0 else -math.inf
+    text = _short(text)
     if not math.isfinite(value):
         raise RobevalError(f"eps={text} is not a finite number; use e.g. 8/255")
     if value > 1:
@@ -80,16 +92,36 @@ def parse_eps(text: str | float) -> float:
     return value
 
 
-def positive_option(name: str, key: str, value: object, hint: str | None = None) -> int:
-    """An attack option's value as a positive integer, or an error naming the option.
+# Upper bounds of attack counts: a typo such as pgd99999999999 or queries=1e20 is an error at once,
+# not a run that never ends (or an allocation that fails) hours later.
+MAX_ITERATIONS = 10**6       # steps, iterations, queries
+MAX_REPEATS = 10**4          # restarts, target classes, EOT passes
+OPTION_MAXIMA = {"restarts": MAX_REPEATS, "targets": MAX_REPEATS, "eot": MAX_REPEATS}
+
+
+def positive_option(name: str, key: str, value: object, hint: str | None = None,
+                    maximum: int | None = None) -> int:
+    """An attack option's value as a positive integer up to `maximum`, or an error naming the option.
 
     With a `hint` the error ends in it, in brackets: "pgd10: restarts=0 must be a positive
-    integer (write e.g. restarts=2)".
+    integer (write e.g. restarts=2)". `maximum` defaults to `MAX_REPEATS` for restarts, targets
+    and eot, else `MAX_ITERATIONS`.
     """
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         if hint is None:
-            raise RobevalError(f"{name}: option {key}={value} must be a positive integer")
-        raise RobevalError(f"{name}: {key}={value} must be a positive integer ({hint})")
+            raise RobevalError(f"{name}: option {key}={_short(value)} must be a positive integer")
+        raise RobevalError(f"{name}: {key}={_short(value)} must be a positive integer ({hint})")
+    limit = OPTION_MAXIMA.get(key, MAX_ITERATIONS) if maximum is None else maximum
+    if value > limit:
+        raise RobevalError(f"{name}: {key}={_short(value)} is too large; {key} must be at most {limit:,}")
     return value
+
+
+def _short(value: object) -> str:
+    """A value for a message as str() shows it, cut to 40 characters; a huge int by its size."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 332:
+        return short_repr(value)   # past ~100 digits (str() refuses 4300+)
+    text = " ".join(str(value).splitlines())
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -19,7 +19,7 @@ from robeval.attacks.base import ATTACKS, add_pattern, evaluate_examples, margin
 from robeval.attacks.losses import cross_entropy, input_gradient
 from robeval.attacks.steps import get_norm
 from robeval.errors import RobevalError
-from robeval.spec import format_spec, positive_option
+from robeval.spec import MAX_ITERATIONS, OPTION_MAXIMA, format_spec, positive_option
 
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> per-sample loss
 
@@ -196,7 +196,7 @@ class PGDAttack:
 def _count_option(attack: str, key: str, value: object) -> int:
     """A step or restart count as a positive integer, or an error naming the option."""
     hint = "pgdK needs K >= 1, e.g. pgd10" if key == "steps" else f"write e.g. {key}=2"
-    return positive_option(attack, key, value, hint)
+    return positive_option(attack, key, value, hint, maximum=OPTION_MAXIMA.get(key, MAX_ITERATIONS))
 
 
 def _step_option(attack: str, value: object) -> float:
@@ -225,8 +225,12 @@ def _fgsm(threat, options: dict) -> PGDAttack:
 
 
 def _pgd_family(match: re.Match, threat, options: dict) -> PGDAttack:
-    """`pgdK` and `pgdK-smooth` for any K."""
-    return PGDAttack.from_spec(int(match.group(1)), bool(match.group(2)), threat, options)
+    """`pgdK` and `pgdK-smooth` for K up to `MAX_ITERATIONS`."""
+    digits = match.group(1).lstrip("0") or "0"
+    if len(digits) > len(str(MAX_ITERATIONS)):   # before int(): it refuses 4300+ digits
+        raise RobevalError(f"pgdK: K={digits[:12]}... ({len(digits)} digits) is too large; pgdK takes "
+                           f"at most {MAX_ITERATIONS:,} steps, e.g. pgd10")
+    return PGDAttack.from_spec(int(digits), bool(match.group(2)), threat, options)
 
 
 ATTACKS.add("fgsm", _fgsm)

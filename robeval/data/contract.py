@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robeval.errors import RobevalError
+from robeval.errors import RobevalError, short_repr
 
 CIFAR_ROW = 3 * 32 * 32      # one CIFAR image: R, G, B planes of 32×32, channel-major
 CHUNK = 4096                 # rows scanned at a time for the first offending one
@@ -85,10 +85,9 @@ def show(value: object) -> str:
     """A value as a short, one-line text for an error message."""
     if isinstance(value, np.generic):
         value = value.item()
-    text = repr(value)
     if isinstance(value, float) and value != round(value, 4):   # 3.7 and 7.0 as they are
-        text = f"{value:.4g}"
-    return text if len(text) <= 40 else text[:37] + "..."
+        return f"{value:.4g}"
+    return short_repr(value)
 
 
 # --- tensors from the Python API --------------------------------------------------------------

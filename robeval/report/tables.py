@@ -558,7 +558,7 @@ MARKDOWN_SPECIALS = set("\\`*_[]<>|#~!")   # backslash-escaped, so names cannot 
 def md_escape(text: str) -> str:
     """A cell as literal Markdown: one line, every character that could format or open HTML
     escaped (`&` as an entity), so a hostile name shows as typed."""
-    flat = " ".join(str(text).split("\n")).replace("\r", " ").replace("&", "&amp;")
+    flat = " ".join(str(text).splitlines()).replace("&", "&amp;")   # every line break, \x0c and \u2028 too
     return "".join(f"\\{char}" if char in MARKDOWN_SPECIALS else char for char in flat)
 
 
@@ -600,7 +600,7 @@ LATEX_CHARS = {
 
 def latex_escape(text) -> str:
     """`text` with LaTeX's special characters escaped and the table's Unicode symbols spelled out."""
-    flat = " ".join(str(text).splitlines()) if "\n" in str(text) or "\r" in str(text) else str(text)
+    flat = " ".join(str(text).splitlines())   # every line break, \x0c and \u2028 too
     return "".join(LATEX_CHARS.get(char, char) for char in flat)
 
 

@@ -13,7 +13,7 @@ from robeval.activations import SMOOTH_GRAD_MODES, activation_factory
 from robeval.attacks.steps import NORMS
 from robeval.data import DATASETS, DataConfig
 from robeval.device import check_device
-from robeval.errors import RobevalError
+from robeval.errors import RobevalError, short_repr
 from robeval.models import ModelConfig, resolve_arch
 from robeval.spec import parse_eps, parse_number
 from robeval.train.methods import METHODS
@@ -112,6 +112,9 @@ def _coerce(section: type, name: str, value: Any) -> Any:
         raise RobevalError(f"unknown setting {name!r} in {section.__name__}; known: {known}")
     kind = str(fields[name].type)
     if value is None:
+        if "None" not in kind:
+            raise RobevalError(f"{option_name(name)} is empty (null in the config): give it a value "
+                               "or leave the key out for the default")
         return None
     if name == "eps":
         return parse_eps(value)
@@ -129,7 +132,11 @@ def _coerce(section: type, name: str, value: Any) -> Any:
         return _whole_number(name, value)
     if kind.startswith("float"):
         return _number(name, value)
+    if kind.startswith("str") and not isinstance(value, str):
+        raise RobevalError(f"{option_name(name)} must be a name (text), not {short_repr(value)}")
     return value
+
+
 
 
 def option_name(name: str) -> str:
@@ -142,17 +149,21 @@ def _number(name: str, value: Any) -> float:
     try:
         if isinstance(value, bool):
             raise RobevalError("a boolean is not a number")
-        return float(parse_number(value))
+        number = parse_number(value)
+        return float(number)
+    except OverflowError:      # a whole number past float's range: infinite, refused by the checks
+        return math.inf if number > 0 else -math.inf
     except RobevalError as err:
         raise RobevalError(f"{option_name(name)} must be a number (e.g. 0.5, 1e-3 or 8/255), "
-                           f"not {value!r}") from err
+                           f"not {short_repr(value)}") from err
 
 
 def _whole_number(name: str, value: Any) -> int:
     """A YAML/CLI value as an int; nan, inf and fractions are an error naming the setting."""
     number = _number(name, value)
     if not math.isfinite(number) or not number.is_integer():
-        raise RobevalError(f"{option_name(name)} must be a whole number (e.g. 10), not {value}")
+        shown = value if isinstance(value, (float, str)) and len(str(value)) <= 40 else short_repr(value)
+        raise RobevalError(f"{option_name(name)} must be a whole number (e.g. 10), not {shown}")
     return int(number)
 
 
@@ -177,7 +188,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
     for name in SECTIONS:
         if values.get(name) is not None and not isinstance(values[name], dict):
             raise RobevalError(f"config section {name!r} must be a mapping of settings (e.g. "
-                               f"'{name}: {{key: value}}'), not {values[name]!r}")
+                               f"'{name}: {{key: value}}'), not {short_repr(values[name])}")
     sections = {name: _build(cls, values.pop(name, None) or {}) for name, cls in SECTIONS.items()}
     top = {k: _coerce(TrainConfig, k, v) for k, v in values.items()}
     config = TrainConfig(**sections, **top)
