@@ -117,7 +117,6 @@ def test_resume_after_a_kill_gives_the_outcomes_of_an_uninterrupted_run(
     assert resumed.summary(1)["accuracy"].equals(straight.summary(1)["accuracy"])
 
 
-@pytest.mark.slow
 def test_attack_command_prints_a_summary_table(trained_cifar_run, cifar10_mini_dir, tmp_path,
                                                capsys):
     code = main(["attack", str(trained_cifar_run), "--suite", "fgsm", "--n", "64",
@@ -150,7 +149,7 @@ def cifar100_state_dict(tmp_path_factory):
     (["--suite", "pgd10(step=1"], "malformed suite"),
     (["--eps", "8"], "did you mean 8/255"),
     (["--mode", "sideways"], "unknown mode"),
-    (["--batch-size", "lots"], "--batch-size must be auto"),
+    (["--batch-size", "lots"], "--batch-size must be valid, not 'lots': input should be 'auto'"),
 ])
 def test_bad_attack_input_is_one_line(trained_cifar_run, cifar10_mini_dir, tmp_path, capsys,
                                       extra, message):
