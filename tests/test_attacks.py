@@ -103,7 +103,6 @@ def test_accuracy_does_not_increase_from_fgsm_to_pgd10_to_pgd50(trained, cifar_t
     assert accuracies[0] > accuracies[2]
 
 
-@pytest.mark.slow
 def test_smooth_gradient_pgd1_is_at_least_as_strong_as_pgd1(trained, cifar_test_batch):
     images, labels = cifar_test_batch
     plain = robust_accuracy(build_attack("pgd1", ThreatModel(EPS)), trained, images, labels)

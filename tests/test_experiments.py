@@ -184,7 +184,6 @@ def finished_run(tmp_path_factory):
     return experiment, tmp_path, result, lines
 
 
-@pytest.mark.slow
 def test_run_trains_evaluates_and_reports(finished_run):
     experiment, root, result, lines = finished_run
     for cell in ex.cells(experiment):
@@ -199,7 +198,6 @@ def test_run_trains_evaluates_and_reports(finished_run):
     assert re.search(r"\| activation=relu +\| +68\.8 \| +33\.0 \|", markdown)
 
 
-@pytest.mark.slow
 def test_rerun_continues_only_what_is_missing(finished_run):
     experiment, root, result, _ = finished_run
     found = ex.cells(experiment)
@@ -217,7 +215,6 @@ def test_rerun_continues_only_what_is_missing(finished_run):
     assert [ex.cell_status(experiment, c, root) for c in found] == ["done", "done"]
 
 
-@pytest.mark.slow
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
     import robeval.train as train_module
     from robeval.experiments import run as run_module
@@ -263,7 +260,6 @@ def test_every_paper_study_says_where_its_published_numbers_come_from(path):
     assert experiment.paper and experiment.paper.get("source") and experiment.paper.get("note")
 
 
-@pytest.mark.slow
 def test_reproduction_shows_finished_cells_and_names_the_missing(finished_run, tmp_path):
     from robeval import reproduction
 

@@ -247,7 +247,6 @@ def test_bad_input_is_one_line_naming_the_fix_and_keeps_finished_work(work, tmp_
     assert not (tmp_path / "root").exists()   # experiments refused before any work
 
 
-@pytest.mark.slow
 def test_resume_without_a_previous_run_says_it_starts_fresh(tmp_path, capsys):
     code, stdout, _ = cli(capsys, "train", *TRAIN, "--out", tmp_path / "new", "--resume")
     assert code == 0
@@ -501,7 +500,6 @@ def test_a_full_disk_keeps_the_last_good_epoch_and_resume_continues(tmp_path, ca
     assert [row["epoch"] for row in checkpoints.read_jsonl(out / "history.jsonl")] == [1, 2]
 
 
-@pytest.mark.slow
 def test_an_evaluation_on_a_full_disk_says_so_and_the_rerun_resumes(work, tmp_path, capsys,
                                                                    monkeypatch):
     db, batches = tmp_path / "store.sqlite", []

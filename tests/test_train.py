@@ -40,8 +40,7 @@ def quiet_train(config, out, **kwargs):
 
 @pytest.mark.parametrize("method,extra", [
     ("standard", {}), ("fgsm", {"random_start": True}), ("pgd", {"steps": 2}),
-    ("pgd", {"norm": "l2", "eps": 0.5, "steps": 2}), ("trades", {"steps": 2}),
-    pytest.param("igr", {}, marks=pytest.mark.slow),  # double backpropagation
+    ("pgd", {"norm": "l2", "eps": 0.5, "steps": 2}), ("trades", {"steps": 2}), ("igr", {}),
 ])
 def test_every_method_trains_with_finite_loss(tmp_path, method, extra):
     config = tiny_config(adversary={"method": method, **extra}, epochs=1)
@@ -219,7 +218,6 @@ def test_bad_settings_give_one_line_errors(overrides, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.slow
 def test_checkpoint_that_does_not_match_the_architecture_is_refused(tmp_path):
     quiet_train(tiny_config(epochs=1), tmp_path / "run")
     model = load_model(tmp_path / "run")
@@ -273,7 +271,6 @@ def test_train_mode_logits_use_batch_statistics_and_leave_running_ones_alone():
         assert not torch.allclose(logits, model.eval()(images))   # not the running statistics
 
 
-@pytest.mark.slow
 def test_train_accuracies_are_measured_in_one_bn_mode_and_labelled(tmp_path):
     """On a real run, clean ≥ adversarial in training mode; the crafting pass is reported apart."""
     config = tiny_config(epochs=2, adversary={"method": "fgsm"}, diagnostics_batch=0)
@@ -335,8 +332,8 @@ def test_optimiser_is_built_as_configured(name, cls, extra):
         assert group[key] == value
 
 
-@pytest.mark.parametrize("smooth_grad", ["none", "attacker", "optimizer", "both"])
-@pytest.mark.slow
+@pytest.mark.parametrize("smooth_grad", ["none", pytest.param("attacker", marks=pytest.mark.slow),
+                                         "optimizer", "both"])
 def test_every_row_of_sat_table1_trains(tmp_path, smooth_grad):
     config = tiny_config(model={"activation": "relu", "smooth_grad": smooth_grad}, epochs=1,
                          data={"train_subset": 128})
@@ -358,7 +355,6 @@ def test_smooth_attacker_gradient_changes_the_crafted_example():
     assert not torch.equal(exact, smooth)
 
 
-@pytest.mark.slow
 def test_label_smoothing_enters_the_training_loss_only(tmp_path):
     losses = {}
     for smoothing in (0.0, 0.3):
@@ -368,7 +364,6 @@ def test_label_smoothing_enters_the_training_loss_only(tmp_path):
     assert losses[0.3] != losses[0.0]
 
 
-@pytest.mark.slow
 def test_amp_setting_is_ignored_on_cpu(tmp_path):
     config = tiny_config(amp=True, epochs=1, device="cpu", data={"train_subset": 128})
     plain = tiny_config(amp=False, epochs=1, device="cpu", data={"train_subset": 128})
@@ -377,7 +372,6 @@ def test_amp_setting_is_ignored_on_cpu(tmp_path):
     assert with_amp == without
 
 
-@pytest.mark.slow
 def test_history_records_gradient_diagnostics_on_a_fixed_batch(tmp_path):
     result = quiet_train(tiny_config(epochs=1, diagnostics_batch=32), tmp_path / "run")
     row = read_jsonl(tmp_path / "run" / "history.jsonl")[0]
@@ -400,7 +394,6 @@ def test_collapse_needs_pgd_to_fall_while_fgsm_stays_high():
     assert not loop.collapsed(history, {"loss": 1.0})
 
 
-@pytest.mark.slow
 def test_stop_on_collapse_ends_the_run_and_keeps_the_best_checkpoint(tmp_path, monkeypatch):
     accuracies = iter([(0.40, 0.45), (0.42, 0.50), (0.02, 0.80), (0.01, 0.85)])
 

@@ -253,7 +253,6 @@ def test_eot_follows_the_gradient_over_several_passes():
         build_attack("pgd3(eot=0)", ThreatModel(EPS))
 
 
-@pytest.mark.slow
 def test_points_left_standing_record_the_worst_example_found():
     net = tiny_net()
     images, labels = data_for(net, n=48)
@@ -274,7 +273,6 @@ def test_points_left_standing_record_the_worst_example_found():
 
 # --- the gate is visible ---------------------------------------------------------------------
 
-@pytest.mark.slow
 def test_the_gate_of_every_batch_is_stored_and_printed(tmp_path):
     net = tiny_net()
     images, labels = data_for(net, n=24)
