@@ -97,7 +97,6 @@ class _Standing:
         self.worst = images.clone()
         self.worst_margin = torch.full((len(images),), float("inf"))
         self.iterations = torch.zeros(len(images), dtype=torch.long)
-        self.broken = 0
 
     def apply(self, stage, model: nn.Module, images: Tensor, labels: Tensor, seed: int,
               queries: bool = False, **options) -> AttackOutcome | None:
