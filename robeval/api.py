@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from robeval.attacks import ThreatModel, parse_suite
-from robeval.attacks.guard import model_dtype
+from robeval.attacks.guard import check_materialised, model_dtype, out_of_memory
 from robeval.data import dataset_info
 from robeval.data.contract import check_image_tensors
 from robeval.device import resolve_device
@@ -45,6 +45,7 @@ from robeval.evaluate import (
     run_batches,
 )
 from robeval.results import ResultsStore
+from robeval.schema import validated
 from robeval.sources import ModelSource, module_fingerprint, probe_fingerprint
 from robeval.spec import parse_eps
 
@@ -111,15 +112,16 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     model and a hash of the tensors, so it resumes when called again with the same arguments.
     `checks` also runs the cheap gradient-masking checks on the first 200 images.
     """
+    if not isinstance(model, nn.Module):
+        raise RobevalError(f"model must be a torch.nn.Module, not {type(model).__name__}")
     eps = parse_eps(eps)
     images, labels = checked_tensors(images, labels)
-    if int(batch_size) < 1:
-        raise RobevalError("batch_size must be at least 1")
     check_mode(mode)
     data = f"tensors:{tensor_hash(images, labels)}"
-    plan = ResolvedEval(suite, eps, norm.lower(), len(labels), seed, mode, data, None)
-    config = EvalConfig(suite=suite, eps=eps, norm=plan.norm, n=len(labels), batch_size=int(batch_size),
-                        seed=seed, mode=mode, dataset=plan.dataset, device=device, checks=checks)
+    config = validated(EvalConfig(suite=suite, eps=eps, norm=norm.lower(), n=len(labels),
+                                  batch_size=batch_size, seed=seed, mode=mode, dataset=data,
+                                  device=device, checks=checks))
+    plan = ResolvedEval(suite, eps, config.norm, len(labels), config.seed, mode, data, None)
     classes = output_classes(model, images[:1])
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
         raise RobevalError(f"labels must lie in 0..{classes - 1}: the model outputs {classes} classes")
@@ -170,11 +172,15 @@ def python_source(model: nn.Module, name: str | None, dataset: str, eps: float, 
 def output_classes(model: nn.Module, probe: Tensor) -> int:
     """The width of the model's output on `probe` (eval mode, on the model's device and in its
     dtype, the global RNG untouched)."""
+    check_materialised(model, class_name(model))
     with borrowed(model), torch.no_grad(), torch.random.fork_rng(devices=[]):
         model.eval()
         try:
             outputs = model(probe.to(module_device(model), model_dtype(model), copy=True))
         except Exception as err:
+            if out_of_memory(err):
+                raise RobevalError(f"{class_name(model)} ran out of memory on a {tuple(probe.shape)} "
+                                   "batch of images: free some memory or use device='cpu'") from err
             raise RobevalError(f"{class_name(model)} failed on a {tuple(probe.shape)} batch of images "
                                f"({type(err).__name__}: {err}): it must take N×C×H×W images in "
                                "[0,1]") from err

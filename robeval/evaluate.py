@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from robeval.attacks import NORMS, Attack, ThreatModel, parse_suite
 from robeval.attacks.cost import PassCounter
-from robeval.attacks.guard import GuardedModel, ModelContractError
+from robeval.attacks.guard import GuardedModel, ModelContractError, check_materialised
 from robeval.attacks.verify import Verified, majority_logits, verify
 from robeval.data import dataset_info, load_test_set
 from robeval.device import resolve_device
@@ -202,9 +202,10 @@ def attack_points(attack: Attack, model: nn.Module, images: Tensor, labels: Tens
             outcomes = [attack.run(model, images[i:i + chunk], labels[i:i + chunk], seed + i)
                         for i in range(0, len(images), chunk)]
             return outcomes, chunk
-        except torch.cuda.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError as err:
             if chunk == 1:
-                raise
+                raise RobevalError(f"{attack.spec} runs out of GPU memory even on one image at a "
+                                   "time: free the GPU or use --device cpu") from err
             torch.cuda.empty_cache()
             chunk //= 2
 
@@ -317,6 +318,7 @@ def outcome_rows(first_index: int, size: int, position: int, targets: Tensor,
 
 def prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
     """Eval mode, on the device, parameters frozen so attacks never accumulate gradients."""
+    check_materialised(model, type(model).__name__)
     model = model.to(device).eval()
     for parameter in model.parameters():
         parameter.requires_grad_(False)

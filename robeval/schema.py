@@ -11,20 +11,34 @@ names the field as the user wrote it (`--batch-size`) and what it must be.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError
+from pydantic import Field, Strict, TypeAdapter, ValidationError
 
 from robeval.errors import RobevalError, short_repr
 
 MAX_SEED = 2**63 - 1           # what SQLite stores as an integer
+MAX_TRAIN_SEED = 2**32 - 1     # what numpy's and Python's generators take as a training seed
 MAX_IMAGES = 2**31 - 1         # test images a run may ask for
 MAX_BATCH = 2**20              # images in one batch
+MAX_STEPS = 10**6              # attack steps, as for the suite's counts
+MAX_EPOCHS = 10**6
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 ImageCount = Annotated[int, Field(ge=1, le=MAX_IMAGES)]
 BatchSize = Annotated[int, Field(ge=1, le=MAX_BATCH)]
+
+
+def whole(low: int, high: int) -> Any:
+    """A field type: a whole number in [low, high] (not a bool, a float or a string)."""
+    return Annotated[int, Strict(), Field(ge=low, le=high)]
+
+
+def finite(**bounds: float) -> Any:
+    """A field type: a finite number within `bounds` (pydantic's gt, ge, lt, le)."""
+    return Annotated[float, Field(allow_inf_nan=False, **bounds)]
 
 
 @cache
@@ -37,17 +51,19 @@ def option_name(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def validated(instance: Any) -> Any:
+def validated(instance: Any, name: Callable[[str], str] = option_name) -> Any:
     """`instance` (a settings dataclass) with every field checked and converted to its declared
-    type, or a one-line RobevalError about the first bad field."""
+    type, or a one-line RobevalError about the first bad field (called by `name(field)`).
+
+    Nested settings dataclasses are not checked again: validate each section on its own."""
     values = {f.name: getattr(instance, f.name) for f in dataclasses.fields(instance)}
     try:
         return _adapter(type(instance)).validate_python(values)
     except ValidationError as err:
-        raise RobevalError(first_problem(err)) from None
+        raise RobevalError(first_problem(err, name)) from None
 
 
-def first_problem(err: ValidationError) -> str:
+def first_problem(err: ValidationError, name: Callable[[str], str] = option_name) -> str:
     """The first bad field of a pydantic validation as one line: its option name, the value
     given and what it must be (for a field of several types, what each would need)."""
     problems = err.errors(include_url=False)
@@ -55,4 +71,4 @@ def first_problem(err: ValidationError) -> str:
     messages = [p["msg"] for p in problems if p["loc"][0] == field]
     wanted = " or ".join(dict.fromkeys(message[0].lower() + message[1:] for message in messages))
     shown = short_repr(problems[0].get("input"))
-    return f"{option_name(str(field))} must be valid, not {shown}: {wanted}"
+    return f"{name(str(field))} must be valid, not {shown}: {wanted}"

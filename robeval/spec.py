@@ -80,7 +80,8 @@ def parse_eps(text: str | float) -> float:
         value = float(number)
     except OverflowError:   # an int past float's range
         value = math.inf if number > 0 else -math.inf
-    text = _short(text)
+    whole = isinstance(text, float) and text.is_integer() and abs(text) < 1e16
+    text = _short(int(text) if whole else text)   # 8.0 from a typed setting reads as the 8 given
     if not math.isfinite(value):
         raise RobevalError(f"eps={text} is not a finite number; use e.g. 8/255")
     if value > 1:

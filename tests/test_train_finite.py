@@ -12,6 +12,8 @@ import hashlib
 import math
 import subprocess
 import sys
+import types
+import typing
 
 import pytest
 import torch
@@ -23,7 +25,7 @@ from robeval.distributed import World
 from robeval.errors import PeerError, RobevalError
 from robeval.models import build_model
 from robeval.train import OptimConfig, TrainConfig, loop, resolve_config, train
-from robeval.train.config import NUMBER_RULES, SECTIONS, config_from_dict
+from robeval.train.config import SECTIONS, config_from_dict
 
 TRAIN = ["--preset", "ci-small", "--epochs", "1", "--train-subset", "128", "--val-size", "64",
          "--diagnostics-batch", "0", "--val-pgd-steps", "1", "--method", "standard", "--quiet"]
@@ -48,14 +50,14 @@ def all_finite(state: dict) -> bool:
 
 
 @pytest.mark.parametrize("option,value,message", [
-    ("--lr", "nan", "--lr must be a finite number above 0, not nan"),
-    ("--lr", "inf", "--lr must be a finite number above 0, not inf"),
-    ("--lr", "-0.1", "--lr must be a finite number above 0, not -0.1"),
-    ("--weight-decay", "nan", "--weight-decay must be a finite number >= 0, not nan"),
-    ("--momentum", "nan", "--momentum must be a number in [0, 1), not nan"),
-    ("--gamma", "nan", "--gamma must be a finite number above 0, not nan"),
-    ("--label-smoothing", "1", "--label-smoothing must be a number in [0, 1), not 1.0"),
-    ("--warmup-epochs", "inf", "--warmup-epochs must be a finite number of epochs >= 0, not inf"),
+    ("--lr", "nan", "--lr must be valid, not nan: input should be a finite number"),
+    ("--lr", "inf", "--lr must be valid, not inf: input should be a finite number"),
+    ("--lr", "-0.1", "--lr must be valid, not -0.1: input should be greater than 0"),
+    ("--weight-decay", "nan", "--weight-decay must be valid, not nan: input should be a finite number"),
+    ("--momentum", "nan", "--momentum must be valid, not nan: input should be a finite number"),
+    ("--gamma", "nan", "--gamma must be valid, not nan: input should be a finite number"),
+    ("--label-smoothing", "1", "--label-smoothing must be valid, not 1.0: input should be less than 1"),
+    ("--warmup-epochs", "inf", "--warmup-epochs must be valid, not inf: input should be a finite number"),
     ("--milestones", "3,nan", "--milestones must be a whole number (e.g. 10), not nan"),
 ])
 def test_cli_refuses_bad_hyper_parameters_before_writing_anything(tmp_path, capsys, option,
@@ -81,26 +83,26 @@ def test_yaml_config_with_a_non_finite_value_is_refused(tmp_path, capsys, text):
 
 def test_a_config_built_in_code_is_checked_by_train(tmp_path):
     config = TrainConfig(optim=OptimConfig(lr=math.nan))
-    with pytest.raises(RobevalError, match="--lr must be a finite number above 0, not nan"):
+    with pytest.raises(RobevalError, match="--lr must be valid, not nan: input should be a finite number"):
         train(config, tmp_path / "run", progress=False, log=lambda _: None)
     assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"adversary": {"step_size": "0"}}, "--step-size must be a finite number above 0"),
-    ({"adversary": {"trades_beta": "inf"}}, "--trades-beta must be a finite number >= 0"),
-    ({"adversary": {"igr_lambda": "-1"}}, "--igr-lambda must be a finite number >= 0"),
-    ({"adversary": {"eps_warmup_epochs": "nan"}}, "--eps-warmup-epochs must be a finite"),
-    ({"optim": {"base_batch_size": 0}}, "--base-batch-size must be a whole number of at least 1"),
+    ({"adversary": {"step_size": "0"}}, "--step-size must be valid, not 0.0: input should be greater than 0"),
+    ({"adversary": {"trades_beta": "inf"}}, "--trades-beta must be valid, not inf: input should be a finite number"),
+    ({"adversary": {"igr_lambda": "-1"}}, "--igr-lambda must be valid, not -1.0: input should be greater than or equal to 0"),
+    ({"adversary": {"eps_warmup_epochs": "nan"}}, "--eps-warmup-epochs must be valid, not nan: input should be a finite"),
+    ({"optim": {"base_batch_size": 0}}, "--base-batch-size must be valid, not 0: input should be greater than or equal to 1"),
     ({"optim": {"batch_size": "inf"}}, "--batch-size must be a whole number"),
-    ({"optim": {"gamma": 0}}, "--gamma must be a finite number above 0"),
-    ({"optim": {"momentum": 1}}, r"--momentum must be a number in \[0, 1\)"),
+    ({"optim": {"gamma": 0}}, "--gamma must be valid, not 0.0: input should be greater than 0"),
+    ({"optim": {"momentum": 1}}, "--momentum must be valid, not 1.0: input should be less than 1"),
     ({"optim": {"lr": "abc"}}, "--lr must be a number"),
     ({"optim": {"gamma": 1e300, "milestones": [1, 2]}}, "infinite learning rate"),
     ({"epochs": 2.5}, "--epochs must be a whole number"),
-    ({"seed": -1}, "--seed must be a whole number in"),
-    ({"val_batch_size": 0}, "val_batch_size must be a whole number of at least 1"),
-    ({"early_stop_patience": -1}, "--early-stop-patience must be a whole number of epochs >= 0"),
+    ({"seed": -1}, "--seed must be valid, not -1: input should be greater than or equal to 0"),
+    ({"val_batch_size": 0}, "^val_batch_size must be valid, not 0: input should be greater than or equal to 1"),
+    ({"early_stop_patience": -1}, "--early-stop-patience must be valid, not -1: input should be greater than or equal to 0"),
 ])
 def test_every_numeric_setting_has_a_range(values, message):
     with pytest.raises(RobevalError, match=message) as error:
@@ -108,12 +110,46 @@ def test_every_numeric_setting_has_a_range(values, message):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("values,message", [
+    ({"data": {"augment": "maybe"}}, "--augment must be valid, not 'maybe': input should be a valid boolean"),
+    ({"optim": {"nesterov": 2}}, "--nesterov must be valid, not 2: input should be a valid boolean"),
+    ({"epochs": 10**30}, "--epochs must be valid, not 10000000000000000000000000000"),
+    ({"adversary": {"steps": 10**7}}, "--steps must be valid, not 10000000: input should be less than"),
+    ({"optim": {"batch_size": 10**20}}, "--batch-size must be valid, not 100000000000000000000"),
+    ({"data": {"train_subset": 0}}, "--train-subset must be valid, not 0: input should be greater than"),
+    ({"diagnostics_batch": -1}, "--diagnostics-batch must be valid, not -1"),
+    ({"optim": {"milestones": [3, 10**9]}}, "--milestones must be valid, not 1000000000"),
+])
+def test_unknown_words_and_huge_counts_are_refused(values, message):
+    with pytest.raises(RobevalError, match=message) as error:
+        config_from_dict(values)
+    assert "\n" not in str(error.value)
+
+
+def test_yes_and_no_are_booleans():
+    config = config_from_dict({"data": {"augment": "no"}, "adversary": {"random_start": "yes"}})
+    assert config.data.augment is False and config.adversary.random_start is True
+
+
 def test_no_numeric_setting_is_left_unchecked():
-    checked_elsewhere = {"eps", "train_subset", "test_subset", "val_size", "diagnostics_batch",
-                         "val_pgd_steps"}   # parse_eps and validate_sizes
-    numeric = {f.name for cls in [*SECTIONS.values(), TrainConfig] for f in dataclasses.fields(cls)
-               if str(f.type).startswith(("int", "float", "tuple[int"))}
-    assert numeric - checked_elsewhere == set(NUMBER_RULES)
+    """Every int and float setting of the training schema carries a range (eps: parse_eps)."""
+    hints = {}
+    for cls in [*SECTIONS.values(), TrainConfig]:
+        hints.update(typing.get_type_hints(cls, include_extras=True))
+    numeric = {name for name, hint in hints.items() if _plain(hint) in (int, float, tuple)}
+    ranged = {name for name, hint in hints.items() if "metadata=[" in repr(hint) or "Ge(" in repr(hint)
+              or "Gt(" in repr(hint)}
+    assert numeric - ranged == {"eps"}
+
+
+def _plain(hint):
+    """int, float, tuple or another plain type behind Annotated and Optional."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Annotated:
+        return _plain(args[0])
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return _plain(args[0])
+    return typing.get_origin(hint) or hint
 
 
 def poison_parameter_at(monkeypatch, step: int) -> None:

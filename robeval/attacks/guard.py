@@ -10,7 +10,10 @@
   value finite. A breach raises `ModelContractError`, which the engine turns into one line
   naming the model and the batch, before any number of that batch is stored;
 - returns the logits as float32, so losses, margins and stored numbers do not depend on the
-  model's dtype.
+  model's dtype;
+- turns an exception raised inside the model (a bug in its forward, a tensor on the wrong
+  device) into a `ModelContractError` naming the model and the cause; running out of memory
+  passes through unchanged, because the engine answers it with a smaller batch.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from robeval.errors import RobevalError
+from robeval.errors import RobevalError, first_line
 
 
 class ModelContractError(RobevalError):
@@ -40,11 +43,32 @@ class GuardedModel(nn.Module):
     def forward(self, images: Tensor) -> Tensor:
         """The model's float32 logits on a private copy of `images` (see the module doc)."""
         private = images.to(self.dtype, copy=True)
-        output = self.model(private)
+        try:
+            output = self.model(private)
+        except RobevalError:
+            raise
+        except Exception as err:
+            if out_of_memory(err):
+                raise
+            raise ModelContractError(f"{self.name} raised {type(err).__name__} on a batch of "
+                                     f"{len(images)} images ({first_line(err)}): fix the model's "
+                                     "forward") from err
         if not self.mutates_input:
             with torch.no_grad():
                 self.mutates_input = not torch.equal(private, images.to(self.dtype))
         return check_output(output, len(images), self.num_classes, self.name).float()
+
+
+def out_of_memory(err: BaseException) -> bool:
+    """Whether `err` says the device ran out of memory (left to the engine's batch halving)."""
+    return isinstance(err, (torch.cuda.OutOfMemoryError, MemoryError))
+
+
+def check_materialised(model: nn.Module, name: str) -> None:
+    """A one-line error for a model whose weights are placeholders on the meta device."""
+    if any(t.is_meta for t in (*model.parameters(), *model.buffers())):
+        raise RobevalError(f"{name} has parameters on the meta device, without values: load its "
+                           "weights first (e.g. model.to_empty(device='cpu') then load_state_dict)")
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:

@@ -16,6 +16,7 @@ import torch
 from robeval.data.batches import BatchSource, TensorSource
 from robeval.errors import RobevalError
 from robeval.registry import Registry
+from robeval.schema import MAX_IMAGES, MAX_TRAIN_SEED, whole
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,10 @@ class DataConfig:
 
     dataset: str = "digits"              # a name from DATASETS
     data_dir: str | None = None          # folder holding the official files (not for digits)
-    train_subset: int | None = None      # use only the first N training images (after the split)
-    test_subset: int | None = None       # use only the first N test images
-    val_size: int = 500                  # images carved from the training set for validation
-    split_seed: int = 0                  # seed of the train/validation split
+    train_subset: whole(1, MAX_IMAGES) | None = None  # only the first N training images (after the split)
+    test_subset: whole(1, MAX_IMAGES) | None = None   # only the first N test images
+    val_size: whole(0, MAX_IMAGES) = 500       # images carved from the training set for validation
+    split_seed: whole(0, MAX_TRAIN_SEED) = 0   # seed of the train/validation split
     augment: bool = True                 # random crop (4 px padding) + flip where it keeps labels
 
 

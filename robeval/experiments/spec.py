@@ -11,10 +11,11 @@ from typing import Any
 import robeval
 from robeval.attacks import NORMS, ThreatModel, parse_suite
 from robeval.errors import RobevalError
-from robeval.evaluate import EvalConfig, check_batch_size, check_mode
+from robeval.evaluate import EvalConfig, check_mode
 from robeval.experiments.grid import Cell, cells, safe_name, spec_setting
 from robeval.findings import Finding, parse_findings
 from robeval.report import FORMATS
+from robeval.schema import validated
 from robeval.spec import parse_eps
 from robeval.train.config import SECTIONS, TrainConfig, merge
 from robeval.yamlfile import read_yaml
@@ -228,15 +229,13 @@ def _check_report(experiment: Experiment) -> None:
 def _check_attack(experiment: Experiment) -> None:
     """Refuse an `attack` block that could not evaluate some cell, before any training."""
     where = f"'attack' of {experiment.path}"
+    grid = cells(experiment)   # a bad grid value is named by its cell, not blamed on the attack
     try:
-        config = EvalConfig(**experiment.attack)
+        config = validated(EvalConfig(**experiment.attack))
         check_mode(config.mode)
-        check_batch_size(config.batch_size)
-        if config.n is not None and (not isinstance(config.n, int) or config.n < 1):
-            raise RobevalError(f"n={config.n!r} must be a positive whole number of test images")
         threats = {(parse_eps(config.eps) if config.eps is not None else cell.config.adversary.eps,
                     NORMS.resolve(config.norm or cell.config.adversary.norm))
-                   for cell in cells(experiment)}
+                   for cell in grid}
         specs = set()
         for eps, norm in sorted(threats):
             specs |= {attack.spec for attack in parse_suite(str(config.suite), ThreatModel(eps, norm))}

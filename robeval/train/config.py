@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, Union, get_args, get_origin, get_type_hints
 
 from robeval.activations import SMOOTH_GRAD_MODES, activation_factory
 from robeval.attacks.steps import NORMS
@@ -15,6 +18,7 @@ from robeval.data import DATASETS, DataConfig
 from robeval.device import check_device
 from robeval.errors import RobevalError, short_repr
 from robeval.models import ModelConfig, resolve_arch
+from robeval.schema import MAX_BATCH, MAX_EPOCHS, MAX_STEPS, MAX_TRAIN_SEED, finite, validated, whole
 from robeval.spec import parse_eps, parse_number
 from robeval.train.methods import METHODS
 from robeval.train.optimizers import OPTIMIZERS
@@ -32,13 +36,14 @@ class AdversaryConfig:
     method: str = "pgd"              # a name in METHODS (train.methods)
     norm: str = "linf"               # a name in NORMS (l2 for pgd and trades)
     eps: float = 8 / 255             # radius of the threat model, [0,1] pixel units
-    steps: int = 1                   # attack steps for pgd and trades (1 = SAT's PGD-1)
-    step_size: float | None = None   # None: ε for 1 step (1.25ε for FGSM with random start), 2.5ε/K else
+    steps: whole(1, MAX_STEPS) = 1   # attack steps for pgd and trades (1 = SAT's PGD-1)
+    # None: ε for 1 step (1.25ε for FGSM with random start), 2.5ε/K else
+    step_size: finite(gt=0) | None = None
     random_start: bool = False       # start from a uniform point in the ε-ball
     bn_mode: str = "eval"            # BatchNorm while crafting: eval (running stats) | train (batch)
-    eps_warmup_epochs: float = 0     # ε grows linearly from 0 over these epochs
-    trades_beta: float = 6.0         # TRADES weight of the KL term
-    igr_lambda: float | None = None  # IGR weight of ‖∇ₓL‖₁; None: ε (first-order L∞ inner max)
+    eps_warmup_epochs: finite(ge=0, le=MAX_EPOCHS) = 0  # ε grows linearly from 0 over these epochs
+    trades_beta: finite(ge=0) = 6.0  # TRADES weight of the KL term
+    igr_lambda: finite(ge=0) | None = None  # IGR weight of ‖∇ₓL‖₁; None: ε (first-order L∞ inner max)
 
 
 @dataclass(frozen=True)
@@ -46,18 +51,18 @@ class OptimConfig:
     """The outer minimisation: optimiser, schedule and regularisers."""
 
     optimizer: str = "sgd"           # a name in OPTIMIZERS (train.optimizers)
-    lr: float = 0.1                  # peak learning rate at base_batch_size
-    momentum: float = 0.9            # sgd momentum
+    lr: finite(gt=0) = 0.1           # peak learning rate at base_batch_size
+    momentum: finite(ge=0, lt=1) = 0.9  # sgd momentum
     nesterov: bool = False
-    weight_decay: float = 5e-4
+    weight_decay: finite(ge=0) = 5e-4
     schedule: str = "piecewise"      # a name in SCHEDULES (train.schedule)
-    milestones: tuple[int, ...] = () # piecewise: epochs where the LR is multiplied by gamma
-    gamma: float = 0.1
-    warmup_epochs: float = 0         # linear LR warm-up from 0, in epochs
-    batch_size: int = 128            # images per optimiser step, summed over all ranks
+    milestones: tuple[whole(0, MAX_EPOCHS), ...] = ()  # piecewise: epochs where the LR is multiplied by gamma
+    gamma: finite(gt=0) = 0.1
+    warmup_epochs: finite(ge=0, le=MAX_EPOCHS) = 0  # linear LR warm-up from 0, in epochs
+    batch_size: whole(1, MAX_BATCH) = 128  # images per optimiser step, summed over all ranks
     lr_scaling: str = "none"         # none | linear: lr × batch_size / base_batch_size
-    base_batch_size: int = 128
-    label_smoothing: float = 0.0     # on the training loss only, never in the attack
+    base_batch_size: whole(1, MAX_BATCH) = 128
+    label_smoothing: finite(ge=0, lt=1) = 0.0  # on the training loss only, never in the attack
 
 
 @dataclass(frozen=True)
@@ -68,14 +73,16 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     adversary: AdversaryConfig = field(default_factory=AdversaryConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    epochs: int = 10
-    seed: int = 0
+    epochs: whole(1, MAX_EPOCHS) = 10
+    seed: whole(0, MAX_TRAIN_SEED) = 0
     device: str = "auto"             # auto (cuda when present) | cuda | cpu
     amp: bool = False                # bf16 autocast on CUDA; ignored on CPU
-    val_pgd_steps: int = 10          # validation attack: PGD-K, step ε/4, random start
-    val_batch_size: int = 256
-    early_stop_patience: int | None = None  # stop after N epochs without a better val PGD acc
-    diagnostics_batch: int = 128     # fixed training images for per-epoch gradient diagnostics (0: off)
+    val_pgd_steps: whole(1, MAX_STEPS) = 10  # validation attack: PGD-K, step ε/4, random start
+    val_batch_size: whole(1, MAX_BATCH) = 256
+    # stop after N epochs without a better validation PGD accuracy (None: never)
+    early_stop_patience: whole(0, MAX_EPOCHS) | None = None
+    # fixed training images for per-epoch gradient diagnostics (0: off)
+    diagnostics_batch: whole(0, MAX_BATCH) = 128
     stop_on_collapse: bool = False   # end the run when catastrophic overfitting is flagged
     sync_bn: bool = False            # several ranks: BatchNorm statistics over the global batch
     preset: str | None = None        # the preset this config started from, for the record
@@ -105,38 +112,43 @@ def config_to_dict(config: TrainConfig) -> dict[str, Any]:
 
 
 def _coerce(section: type, name: str, value: Any) -> Any:
-    """Turn YAML/CLI values into the field's type (fractions like 8/255 included)."""
-    fields = {f.name: f for f in dataclasses.fields(section)}
-    if name not in fields:
-        known = ", ".join(fields)
-        raise RobevalError(f"unknown setting {name!r} in {section.__name__}; known: {known}")
-    kind = str(fields[name].type)
+    """Turn YAML/CLI values into the field's type (fractions like 8/255 included); ranges and
+    booleans are left to the settings schema (`validated`)."""
+    kinds = _declared_types(section)
+    if name not in kinds:
+        raise RobevalError(f"unknown setting {name!r} in {section.__name__}; known: {', '.join(kinds)}")
+    kind, optional = kinds[name]
     if value is None:
-        if "None" not in kind:
+        if not optional:
             raise RobevalError(f"{option_name(name)} is empty (null in the config): give it a value "
                                "or leave the key out for the default")
         return None
     if name == "eps":
         return parse_eps(value)
-    if name == "milestones":
+    if kind is tuple:
         if isinstance(value, str):
             value = [v for v in value.replace(" ", "").split(",") if v]
         if not isinstance(value, (list, tuple)):
             value = [value]
         return tuple(_whole_number(name, v) for v in value)
-    if kind.startswith("bool"):
-        if isinstance(value, str):
-            return value.strip().lower() in ("1", "true", "yes", "on")
-        return bool(value)
-    if kind.startswith("int"):
+    if kind is int:
         return _whole_number(name, value)
-    if kind.startswith("float"):
+    if kind is float:
         return _number(name, value)
-    if kind.startswith("str") and not isinstance(value, str):
+    if kind is str and not isinstance(value, str):
         raise RobevalError(f"{option_name(name)} must be a name (text), not {short_repr(value)}")
     return value
 
 
+@cache
+def _declared_types(section: type) -> dict[str, tuple[type, bool]]:
+    """Each field's plain type (int, float, bool, str or tuple) and whether it may be None."""
+    kinds = {}
+    for name, hint in get_type_hints(section).items():
+        union = get_origin(hint) in (Union, UnionType)
+        parts = [part for part in get_args(hint) if part is not type(None)] if union else [hint]
+        kinds[name] = (get_origin(parts[0]) or parts[0], union)
+    return kinds
 
 
 def option_name(name: str) -> str:
@@ -160,6 +172,11 @@ def _number(name: str, value: Any) -> float:
 
 def _whole_number(name: str, value: Any) -> int:
     """A YAML/CLI value as an int; nan, inf and fractions are an error naming the setting."""
+    if not isinstance(value, bool):
+        with contextlib.suppress(RobevalError):
+            exact = parse_number(value)
+            if isinstance(exact, int):
+                return exact      # exact, however large: the schema's range check names it
     number = _number(name, value)
     if not math.isfinite(number) or not number.is_integer():
         shown = value if isinstance(value, (float, str)) and len(str(value)) <= 40 else short_repr(value)
@@ -168,7 +185,7 @@ def _whole_number(name: str, value: Any) -> int:
 
 
 def _build(section: type, values: dict[str, Any]) -> Any:
-    return section(**{k: _coerce(section, k, v) for k, v in values.items()})
+    return validated(section(**{k: _coerce(section, k, v) for k, v in values.items()}), option_name)
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -191,9 +208,7 @@ def config_from_dict(values: dict[str, Any]) -> TrainConfig:
                                f"'{name}: {{key: value}}'), not {short_repr(values[name])}")
     sections = {name: _build(cls, values.pop(name, None) or {}) for name, cls in SECTIONS.items()}
     top = {k: _coerce(TrainConfig, k, v) for k, v in values.items()}
-    config = TrainConfig(**sections, **top)
-    validate(config)
-    return config
+    return validate(TrainConfig(**sections, **top))
 
 
 def _choice(value: str, choices: Sequence[str], what: str) -> None:
@@ -201,8 +216,10 @@ def _choice(value: str, choices: Sequence[str], what: str) -> None:
         raise RobevalError(f"unknown {what} {value!r}; known: {', '.join(choices)}")
 
 
-def validate(config: TrainConfig) -> None:
-    """One-line errors for settings that cannot work together."""
+def validate(config: TrainConfig) -> TrainConfig:
+    """`config` with every setting checked against the settings schema (types and ranges) and
+    against each other, converted to the declared types; else a one-line RobevalError."""
+    config = validated_fields(config)
     adv, optim = config.adversary, config.optim
     for value, registry in ((adv.method, METHODS), (optim.optimizer, OPTIMIZERS),
                             (optim.schedule, SCHEDULES)):
@@ -217,72 +234,17 @@ def validate(config: TrainConfig) -> None:
     if norm == "l2" and adv.method not in ("pgd", "trades", "standard"):
         raise RobevalError(f"--norm l2 works with --method pgd or trades, not {adv.method}")
     parse_eps(adv.eps)
-    validate_numbers(config)
-    validate_sizes(config)
+    _check_peak_lr(config)
     if config.device != "auto":
         check_device(config.device)
+    return config
 
 
-Rule = tuple[Callable[[float], bool], str, str]   # (holds, what it must be, example)
-
-
-def _at_least_1(example: str) -> Rule:
-    return (lambda v: v >= 1, "a whole number of at least 1", example)
-
-
-_EPOCHS: Rule = (lambda v: math.isfinite(v) and v >= 0, "a finite number of epochs >= 0",
-                 "e.g. 0 (off) or 5")
-_SEED: Rule = (lambda v: 0 <= v < 2**32, "a whole number in [0, 2**32)", "e.g. 0")
-
-# Ranges of the numeric settings; train_subset, test_subset, val_size, diagnostics_batch and
-# val_pgd_steps are checked by validate_sizes, eps by parse_eps. None means "default" and passes.
-NUMBER_RULES: dict[str, Rule] = {
-    "split_seed": _SEED,
-    "steps": _at_least_1("e.g. 1 or 10"),
-    "step_size": (lambda v: math.isfinite(v) and v > 0, "a finite number above 0",
-                  "e.g. 2/255, or leave it out for the default"),
-    "eps_warmup_epochs": _EPOCHS,
-    "trades_beta": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0", "e.g. 6"),
-    "igr_lambda": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
-                   "e.g. 8/255, or leave it out to use eps"),
-    "lr": (lambda v: math.isfinite(v) and v > 0, "a finite number above 0", "e.g. 0.1"),
-    "momentum": (lambda v: 0 <= v < 1, "a number in [0, 1)", "e.g. 0.9"),
-    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0",
-                     "e.g. 5e-4, or 0 for none"),
-    "milestones": (lambda v: v >= 0, "epochs >= 0", "e.g. 100,105"),
-    "gamma": (lambda v: math.isfinite(v) and v > 0, "a finite number above 0", "e.g. 0.1"),
-    "warmup_epochs": _EPOCHS,
-    "batch_size": _at_least_1("e.g. 128"),
-    "base_batch_size": _at_least_1("e.g. 128"),
-    "label_smoothing": (lambda v: 0 <= v < 1, "a number in [0, 1)", "e.g. 0.1, or 0 for none"),
-    "epochs": _at_least_1("e.g. 10"),
-    "seed": _SEED,
-    "val_batch_size": _at_least_1("e.g. 256"),
-    "early_stop_patience": (lambda v: v >= 0, "a whole number of epochs >= 0",
-                            "e.g. 10, or leave it out to train every epoch"),
-}
-
-
-def validate_numbers(config: TrainConfig) -> None:
-    """One-line errors for numeric settings that are non-finite or out of range (nan, -0.1, ...)."""
-    sections = [getattr(config, name) for name in SECTIONS] + [config]
-    for section in sections:
-        for item in dataclasses.fields(section):
-            value = getattr(section, item.name)
-            if item.name not in NUMBER_RULES or value is None:
-                continue
-            whole = str(item.type).startswith(("int", "tuple[int"))
-            for number in value if isinstance(value, tuple) else (value,):
-                _check_number(item.name, number, int if whole else (int, float))
-    _check_peak_lr(config)
-
-
-def _check_number(name: str, value: Any, kind: type | tuple[type, ...]) -> None:
-    holds, requirement, example = NUMBER_RULES[name]
-    # nan fails every comparison, so a rule that forgets math.isfinite still refuses it
-    if isinstance(value, bool) or not isinstance(value, kind) or not holds(value):
-        raise RobevalError(f"{option_name(name)} must be {requirement}, not {value}: "
-                           f"use {example}")
+def validated_fields(config: TrainConfig) -> TrainConfig:
+    """Each section, then the top level, through the settings schema (a TrainConfig built in
+    code gets the same checks as one read from a file)."""
+    sections = {name: validated(getattr(config, name), option_name) for name in SECTIONS}
+    return validated(dataclasses.replace(config, **sections), option_name)
 
 
 def _check_peak_lr(config: TrainConfig) -> None:
@@ -296,22 +258,6 @@ def _check_peak_lr(config: TrainConfig) -> None:
     if not math.isfinite(peak):
         raise RobevalError(f"--lr {optim.lr:g} reaches an infinite learning rate after batch-size "
                            "scaling and --gamma: lower --lr or --gamma")
-
-
-def validate_sizes(config: TrainConfig) -> None:
-    """Image counts that would train or validate on nothing."""
-    data = config.data
-    for option, value in (("--train-subset", data.train_subset), ("--test-subset", data.test_subset)):
-        if value is not None and value < 1:
-            raise RobevalError(f"{option} {value} selects no images: give a positive count "
-                               "or leave it out to use them all")
-    if data.val_size < 0:
-        raise RobevalError(f"--val-size {data.val_size} is negative: use 0 (no validation split) or more")
-    if config.diagnostics_batch < 0:
-        raise RobevalError(f"--diagnostics-batch {config.diagnostics_batch} is negative: "
-                           "use 0 to turn the diagnostics off, or a number of images")
-    if config.val_pgd_steps < 1:
-        raise RobevalError(f"--val-pgd-steps {config.val_pgd_steps} must be at least 1")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

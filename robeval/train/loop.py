@@ -372,7 +372,7 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, force: boo
     rank 0 writes files, logs and calls `callbacks`.
     """
     out = Path(out)
-    validate_config(config)   # a TrainConfig built in code skips config_from_dict's checks
+    config = validate_config(config)   # a TrainConfig built in code skips config_from_dict's checks
     world = world or current()
     log = main_only(log, world)
     state, history = on_main(lambda: _open_run(out, config, resume, force, world, log), world)
