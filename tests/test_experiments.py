@@ -279,3 +279,17 @@ def test_reproduction_shows_finished_cells_and_names_the_missing(finished_run, t
     assert re.search(r"\| gelu beats relu .*\| +\+2\.0 \| .* " + verdict, text)
     clean = f"{100 * result.cells[0].clean:.1f}"
     assert re.search(rf"\| activation=relu +\| +68\.8 \| +33\.0 \| +{clean} \|", text)
+
+
+def test_a_cell_folder_trained_under_other_settings_is_not_taken_as_finished(tmp_path):
+    """A study file changed after a cell trained (say, more epochs) must not reuse the old model."""
+    import yaml
+
+    from robeval.experiments.run import FINISHED_MARKER, training_finished
+    from robeval.train.config import config_from_dict, config_to_dict
+
+    trained = config_from_dict({"epochs": 2})
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(trained)))
+    (tmp_path / FINISHED_MARKER).write_text("")
+    assert training_finished(tmp_path, trained)
+    assert not training_finished(tmp_path, config_from_dict({"epochs": 10}))

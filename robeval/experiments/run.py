@@ -18,6 +18,7 @@ from robeval.results import ResultsStore
 from robeval.sources import load_source
 from robeval.train import train
 from robeval.train.config import TrainConfig
+from robeval.train.loop import holds_run_of
 
 FINISHED_MARKER = "finished.json"
 STORE_NAME = "robeval.sqlite"
@@ -27,7 +28,10 @@ STATUSES = ("done", "trained", "partial", "todo")
 # --- status -------------------------------------------------------------------------------------
 
 def training_finished(folder: Path, config: TrainConfig) -> bool:
-    """Whether the run in `folder` ended: all epochs written, or stopped early by the loop."""
+    """Whether the run in `folder` ended: all epochs written, or stopped early by the loop. A
+    folder trained under other settings has not (training it then refuses the folder)."""
+    if not holds_run_of(folder, config):
+        return False
     if (folder / FINISHED_MARKER).is_file():
         return True
     history = folder / "history.jsonl"

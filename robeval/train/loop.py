@@ -108,6 +108,13 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool, force: bool) -
     return None
 
 
+def holds_run_of(out: Path, config: TrainConfig) -> bool:
+    """Whether the run folder `out` was written for `config` (its config.yaml, with the defaults
+    of settings added since, equals `config`)."""
+    path = out / "config.yaml"
+    return path.is_file() and _normalised(_saved_config(path)) == config_to_dict(config)
+
+
 def _saved_config(path: Path) -> dict:
     """The config.yaml of an existing run; an unreadable one is a one-line error."""
     try:
