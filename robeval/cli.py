@@ -429,6 +429,14 @@ def rank_prefix() -> str:
     return f"[rank {rank}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and rank != "0" else ""
 
 
+def usage_error_line(err: click.UsageError) -> str:
+    """A command-line mistake (unknown option, a value of the wrong type) as one line, like
+    robeval's own errors, naming where the options are listed."""
+    message = " ".join(line.strip() for line in err.format_message().splitlines() if line.strip())
+    command = err.ctx.command_path if err.ctx else "robeval"
+    return f"error: {message[:1].lower()}{message[1:]} (options: {command} -h)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors print one line and exit 2; Ctrl-C exits 130."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -440,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
     except RobevalError as err:
         click.echo(f"{rank_prefix()}error: {err}", err=True)
         return 2
+    except click.UsageError as err:
+        click.echo(usage_error_line(err), err=True)
+        return err.exit_code
     except click.ClickException as err:
         err.show()
         return err.exit_code

@@ -63,9 +63,16 @@ def test_list_shows_the_registries(capsys):
     assert "digits" in stdout
 
 
-def test_unknown_option_is_a_usage_error(capsys):
-    code, _, stderr = run_cli(capsys, "train", "--colour", "red")
-    assert code == 2 and "No such option" in stderr
+@pytest.mark.parametrize("args,message", [
+    (["train", "--colour", "red"], "error: no such option '--colour'"),
+    (["train", "--seed", "²"], "error: invalid value for '--seed': '²' is not a valid integer"),
+    (["attack", "run", "--n", "2.5"], "error: invalid value for '--n'"),
+    (["attack"], "error: missing argument 'MODEL'"),
+])
+def test_command_line_mistakes_are_one_line_naming_the_help(capsys, args, message):
+    code, _, stderr = run_cli(capsys, *args)
+    assert code == 2 and stderr.startswith(message) and stderr.strip().count("\n") == 0, stderr
+    assert f"(options: robeval {args[0]} -h)" in stderr
 
 
 def test_history_table_reads_rows_written_before_craft_clean_acc():
