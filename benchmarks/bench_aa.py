@@ -297,14 +297,17 @@ def cpu_batch(name: str) -> int:
     return next((m.cpu_batch for m in ZOO if m.name == base_name(name)), CPU_BATCH)
 
 
-def run_side(source: ModelSource, suite: str, n: int, args, store: ResultsStore, fresh: bool):
-    """One evaluation of `source` under `suite` into `store`: (summary, per-sample frame)."""
+def run_side(source: ModelSource, suite: str, n: int, args, store: ResultsStore, fresh: bool,
+             checks: bool = False):
+    """One evaluation of `source` under `suite` into `store`: (summary, per-sample frame, the
+    engine's notes per attack, the masking flags of the cheap checks when `checks`)."""
     batch_size = cpu_batch(source.name) if resolve_device(args.device).type == "cpu" else "auto"
     config = EvalConfig(suite=suite, eps=8 / 255, norm="linf", n=n, batch_size=batch_size,
                         seed=args.seed, dataset="cifar10", data_dir=args.data_dir,
-                        device=args.device, checks=False)
+                        device=args.device, checks=checks)
     result = evaluate(source, config, store, fresh=fresh, progress=False, log=lambda _: None)
-    return result.summary, store.per_sample(result.run_id)
+    return (result.summary, store.per_sample(result.run_id), store.attack_notes(result.run_id),
+            [check.name for check in result.checks if not check.passed])
 
 
 def reference_cached(store: ResultsStore, source: ModelSource, n: int) -> bool:
@@ -320,9 +323,10 @@ def reference_cached(store: ResultsStore, source: ModelSource, n: int) -> bool:
 def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
     """Both sides on one model and what they add up to."""
     print(f"{source.name}: {REFERENCE_SUITE} on {n} images (resumed from the store if done)", flush=True)
-    reference, reference_samples = run_side(source, REFERENCE_SUITE, n, args, store, fresh=False)
+    reference, reference_samples, _, _ = run_side(source, REFERENCE_SUITE, n, args, store, fresh=False)
     print(f"{source.name}: {args.fast_suite}", flush=True)
-    fast, fast_samples = run_side(source, args.fast_suite, n, args, store, fresh=True)
+    fast, fast_samples, notes, flags = run_side(source, args.fast_suite, n, args, store, fresh=True,
+                                                checks=True)
     ref_total, fast_total = reference.loc["worst case"], fast.loc["worst case"]
     missed = int((~reference_samples["robust"] & reference_samples["clean_correct"]
                   & fast_samples["robust"]).sum())
@@ -332,8 +336,15 @@ def compare(source: ModelSource, n: int, args, store: ResultsStore) -> dict:
                "aa_fwd": ref_total["forward_passes"] / n, "aa_bwd": ref_total["backward_passes"] / n,
                "fast_fwd": fast_total["forward_passes"] / n, "fast_bwd": fast_total["backward_passes"] / n,
                "aa_s": ref_total["seconds"], "fast_s": fast_total["seconds"]}
+    # the engine verifies each attacked point with one forward pass per attack of the suite
+    attacked = sum(int((fast_samples[f"outcome_{spec}"] != "skipped").sum()) for spec in notes)
+    gates = [note for note in notes.values() if note.gate_batches]
+    gate = ("opened: " + ", ".join(sorted({f for note in gates for f in note.gate_flags}))
+            if any(note.gate_fired for note in gates) else "shut" if gates else "none")
     return {"model": source.name, "checkpoint_hash": source.checkpoint_hash, "n": n,
-            **{key: float(value) for key, value in figures.items()}, "missed": missed, "extra": extra}
+            **{key: float(value) for key, value in figures.items()}, "missed": missed, "extra": extra,
+            "verify_fwd": attacked / n, "gate": gate,
+            "flags": sorted(set(flags))}
 
 
 def report(rows: list[dict], args, device: torch.device) -> str:
@@ -346,11 +357,15 @@ def report(rows: list[dict], args, device: torch.device) -> str:
         "backward, clean pass not included), counted by the evaluation engine; time is the "
         "attack time on this machine (the `aa` side as measured when it ran, shared CPU). "
         "*aa-only* is the number of images `aa` breaks that the fast suite leaves standing; "
-        "*fast-only* the converse.",
+        "*fast-only* the converse. *Verification* is the engine's fresh forward pass on every "
+        "example an attack returns (one per attacked point), counted in the fast passes; *gate* "
+        "is whether aa-fast's masking gate stayed shut or which checks opened it; *cheap checks* the "
+        "flags of the gradient-masking checks `robeval attack` runs after the suite.",
         "",
         f"| model | n | clean | `aa` | `{args.fast_suite}` | `aa` passes/img (fwd+bwd) | "
-        f"fast passes/img (fwd+bwd) | pass ratio | `aa` time (s) | fast time (s) | aa-only | fast-only |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        f"fast passes/img (fwd+bwd) | pass ratio | `aa` time (s) | fast time (s) | aa-only | fast-only | "
+        "verification passes/img (share of fast) | gate | cheap checks |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
         aa_passes, fast_passes = r["aa_fwd"] + r["aa_bwd"], r["fast_fwd"] + r["fast_bwd"]
@@ -359,7 +374,8 @@ def report(rows: list[dict], args, device: torch.device) -> str:
             f"| {r['model']} | {r['n']} | {100 * r['clean']:.1f}% | {100 * r['aa']:.1f}% | "
             f"{100 * r['fast']:.1f}% | {aa_passes:.0f} ({r['aa_fwd']:.0f}+{r['aa_bwd']:.0f}) | "
             f"{fast_passes:.0f} ({r['fast_fwd']:.0f}+{r['fast_bwd']:.0f}) | {ratio:.1f}× | "
-            f"{r['aa_s']:.0f} | {r['fast_s']:.0f} | {r['missed']} | {r['extra']} |")
+            f"{r['aa_s']:.0f} | {r['fast_s']:.0f} | {r['missed']} | {r['extra']} | "
+            f"{verification(r, fast_passes)} | {r.get('gate', '?')} | {flag_cell(r)} |")
     flags = "".join(f" --{flag}" for flag in ("quick",) if args.quick)
     lines += ["", f"`python benchmarks/bench_aa.py --fast-suite '{args.fast_suite}'{flags} "
               f"--device {device.type}`; each row is the last measurement of that model, kept in "
@@ -369,6 +385,21 @@ def report(rows: list[dict], args, device: torch.device) -> str:
               "constructions in benchmarks/planted.py): "
               + "; ".join(f"{name} is {p.base} {p.description}" for name, p in PLANTED.items()) + "."]
     return "\n".join(lines)
+
+
+def flag_cell(row: dict) -> str:
+    """The masking flags the cheap checks raised on the model, or `none`."""
+    if "flags" not in row:
+        return "?"
+    return ", ".join(row["flags"]) or "none"
+
+
+def verification(row: dict, fast_passes: float) -> str:
+    """The engine's verification passes per image and their share of the fast suite's passes."""
+    if "verify_fwd" not in row:
+        return "?"
+    share = row["verify_fwd"] / fast_passes if fast_passes else float("nan")
+    return f"{row['verify_fwd']:.2f} ({100 * share:.1f}%)"
 
 
 def main(argv=None) -> str:

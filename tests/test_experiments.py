@@ -192,7 +192,8 @@ def test_run_trains_evaluates_and_reports(finished_run):
         assert len(store.runs()) == 2 and set(store.runs()["status"]) == {"finished"}
     assert [r.status for r in result.cells] == ["done", "done"]
     assert all(0 <= r.worst_case <= r.clean <= 1 for r in result.cells)
-    assert "cell 2/2 activation=gelu,seed=0 (1 done, 0 left): training" in lines
+    assert any(line.startswith("cell 2/2 activation=gelu,seed=0 (1 done, 0 left, ")
+               and line.endswith(" to go): training") for line in lines), lines
     markdown = result.report["md"].read_text()
     assert "## Published numbers beside ours" in markdown and "fewer epochs" in markdown
     assert re.search(r"\| activation=relu +\| +68\.8 \| +33\.0 \|", markdown)
@@ -293,3 +294,11 @@ def test_a_cell_folder_trained_under_other_settings_is_not_taken_as_finished(tmp
     (tmp_path / FINISHED_MARKER).write_text("")
     assert training_finished(tmp_path, trained)
     assert not training_finished(tmp_path, config_from_dict({"epochs": 10}))
+
+
+def test_the_time_left_is_estimated_from_the_cells_that_had_work():
+    from robeval.experiments.run import time_left
+
+    assert time_left([], 5) == ""
+    assert time_left([120.0, 240.0], 4) == ", about 12 min to go"
+    assert time_left([10.0], 2) == ", under a minute to go"

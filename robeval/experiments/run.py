@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,6 +111,14 @@ def run_cell(experiment: Experiment, cell: Cell, root: Path, store: ResultsStore
     return CellResult(cell, "done", run_id, *_headline(store, run_id))
 
 
+def time_left(worked: list[float], cells_left: int) -> str:
+    """`, about N min to go` from the mean time of the cells that had work so far (none yet: '')."""
+    if not worked:
+        return ""
+    minutes = sum(worked) / len(worked) * cells_left / 60
+    return f", about {minutes:.0f} min to go" if minutes >= 1 else ", under a minute to go"
+
+
 def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool = False,
                    progress: bool = True, log: Callable[[str], None] = print) -> ExperimentResult:
     """Train, evaluate and report every cell of `experiment` under `root`, continuing earlier work.
@@ -124,11 +133,16 @@ def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool
         return ExperimentResult(experiment, rows)
     store_path = report_dir(experiment, root) / STORE_NAME
     result = ExperimentResult(experiment, store=store_path)
+    worked: list[float] = []   # seconds of each cell that had training or evaluation to do
     with ResultsStore(store_path) as store:
         for index, cell in enumerate(todo, 1):
             position = (f"cell {index}/{len(todo)} {cell.name} ({index - 1} done, "
-                        f"{len(todo) - index} left)")
+                        f"{len(todo) - index} left{time_left(worked, len(todo) - index + 1)})")
+            needs_work = cell_status(experiment, cell, root) != "done"
+            started = time.perf_counter()
             result.cells.append(run_cell(experiment, cell, root, store, position, progress, log))
+            if needs_work:
+                worked.append(time.perf_counter() - started)
         result.report = write_report(experiment, result.cells, store, root)
     log(f"report: {result.report.get('md') or next(iter(result.report.values()))}")
     return result
