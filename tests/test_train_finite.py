@@ -7,7 +7,6 @@ a one-line error and keeps its last finite checkpoint, from which --resume conti
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import subprocess
@@ -90,10 +89,14 @@ def test_a_config_built_in_code_is_checked_by_train(tmp_path):
 
 @pytest.mark.parametrize("values,message", [
     ({"adversary": {"step_size": "0"}}, "--step-size must be valid, not 0.0: input should be greater than 0"),
-    ({"adversary": {"trades_beta": "inf"}}, "--trades-beta must be valid, not inf: input should be a finite number"),
-    ({"adversary": {"igr_lambda": "-1"}}, "--igr-lambda must be valid, not -1.0: input should be greater than or equal to 0"),
-    ({"adversary": {"eps_warmup_epochs": "nan"}}, "--eps-warmup-epochs must be valid, not nan: input should be a finite"),
-    ({"optim": {"base_batch_size": 0}}, "--base-batch-size must be valid, not 0: input should be greater than or equal to 1"),
+    ({"adversary": {"trades_beta": "inf"}},
+     "--trades-beta must be valid, not inf: input should be a finite number"),
+    ({"adversary": {"igr_lambda": "-1"}},
+     "--igr-lambda must be valid, not -1.0: input should be greater than or equal to 0"),
+    ({"adversary": {"eps_warmup_epochs": "nan"}},
+     "--eps-warmup-epochs must be valid, not nan: input should be a finite"),
+    ({"optim": {"base_batch_size": 0}},
+     "--base-batch-size must be valid, not 0: input should be greater than or equal to 1"),
     ({"optim": {"batch_size": "inf"}}, "--batch-size must be a whole number"),
     ({"optim": {"gamma": 0}}, "--gamma must be valid, not 0.0: input should be greater than 0"),
     ({"optim": {"momentum": 1}}, "--momentum must be valid, not 1.0: input should be less than 1"),
@@ -101,8 +104,10 @@ def test_a_config_built_in_code_is_checked_by_train(tmp_path):
     ({"optim": {"gamma": 1e300, "milestones": [1, 2]}}, "infinite learning rate"),
     ({"epochs": 2.5}, "--epochs must be a whole number"),
     ({"seed": -1}, "--seed must be valid, not -1: input should be greater than or equal to 0"),
-    ({"val_batch_size": 0}, "^val_batch_size must be valid, not 0: input should be greater than or equal to 1"),
-    ({"early_stop_patience": -1}, "--early-stop-patience must be valid, not -1: input should be greater than or equal to 0"),
+    ({"val_batch_size": 0},
+     "^val_batch_size must be valid, not 0: input should be greater than or equal to 1"),
+    ({"early_stop_patience": -1},
+     "--early-stop-patience must be valid, not -1: input should be greater than or equal to 0"),
 ])
 def test_every_numeric_setting_has_a_range(values, message):
     with pytest.raises(RobevalError, match=message) as error:
