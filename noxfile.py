@@ -1,5 +1,6 @@
 """Every way to run things: `nox -s tests` (the fast default), `nox -s tests_full`, `nox -s tests_slow`,
-`nox -s lint`, `nox -s demo`, `nox -s bench`, `nox -s regress`, `nox -s gpu`."""
+`nox -s browser`, `nox -s lint`, `nox -s demo`, `nox -s screenshots`, `nox -s bench`, `nox -s regress`,
+`nox -s gpu`."""
 
 from __future__ import annotations
 
@@ -19,29 +20,56 @@ def install_robeval(session: nox.Session, *extras: str) -> None:
     session.install("-e", target)
 
 
-def run_tests(session: nox.Session, markers: str) -> None:
+def run_tests(session: nox.Session, markers: str, *extras: str) -> None:
     """pytest on CPU over the tests `markers` selects; arguments after `--` go to pytest after it
     (e.g. `-k pgd`, or `-m ...` to select otherwise)."""
-    install_robeval(session, "test")
+    install_robeval(session, "test", *extras)
     session.run("pytest", "-m", markers, *session.posargs)
 
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The fast default: every test but the `slow` and `gpu` ones (a few minutes on 2 cores)."""
-    run_tests(session, "not slow and not gpu")
+    """The fast default: every test but the `slow`, `gpu` and `browser` ones (a few minutes on 2 cores)."""
+    run_tests(session, "not slow and not gpu and not browser")
 
 
 @nox.session
 def tests_slow(session: nox.Session) -> None:
-    """Only the `slow` tests (not `gpu`): with `tests`, the whole CPU suite, nothing run twice."""
-    run_tests(session, "slow and not gpu")
+    """Only the `slow` tests (not `gpu`, not `browser`): with `tests`, the whole CPU suite but the
+    browser tests, nothing run twice."""
+    run_tests(session, "slow and not gpu and not browser")
 
 
 @nox.session
 def tests_full(session: nox.Session) -> None:
-    """The whole CPU suite, slow tests included (everything but `gpu`)."""
-    run_tests(session, "not gpu")
+    """The whole CPU suite, slow tests included (everything but `gpu` and `browser`)."""
+    run_tests(session, "not gpu and not browser")
+
+
+@nox.session
+def browser(session: nox.Session) -> None:
+    """The HTML report opened in headless Chromium (the `browser` tests): sorting, filtering,
+    run pages, hostile names. Needs /usr/bin/chromium and /usr/bin/chromedriver (Debian:
+    `apt-get install chromium chromium-driver`); without them the tests fail naming the fix."""
+    run_tests(session, "browser", "browser")
+
+
+@nox.session
+def screenshots(session: nox.Session) -> None:
+    """docs/img/report-leaderboard.png and docs/img/report-run.png: a demo store's HTML report in
+    headless Chromium. The store is the quickstart experiment's (trained and attacked under
+    .nox/, about 8 minutes on 2 cores the first time) with one more evaluation that runs aa-fast."""
+    install_robeval(session, "browser")
+    root = Path(session.virtualenv.location) / "demo"
+    session.run("robeval", "run", "quickstart", "--root", str(root), "--quiet")
+    store = root / "reports" / "quickstart" / "robeval.sqlite"
+    session.run("robeval", "attack", str(root / "checkpoints" / "quickstart" / "activation=relu,seed=0"),
+                "--suite", "fgsm,pgd10,apgd-ce,aa-fast(iters=20,queries=200)", "--n", "100",
+                "--db", str(store), "--quiet")
+    site = root / "site"
+    session.run("robeval", "report", "--db", str(store), "--format", "html", "--out", str(site),
+                "--title", "robeval quickstart: ReLU against GELU under PGD-1")
+    session.run("python", "docs/screenshots.py", str(site), "docs/img")
 
 
 @nox.session
@@ -49,7 +77,7 @@ def lint(session: nox.Session) -> None:
     """ruff over the package, the tests and the benchmarks; the import-layer contract of
     pyproject.toml (`[tool.importlinter]`: imports flow down the user flow)."""
     session.install("ruff", "import-linter")
-    session.run("ruff", "check", "robeval", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "robeval", "tests", "benchmarks", "docs", "noxfile.py")
     session.run("lint-imports")
 
 

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from robeval.attacks import ThreatModel, parse_suite
+from robeval.attacks.corruptions import split_suite_items
 from robeval.attacks.guard import check_materialised, model_dtype, out_of_memory
 from robeval.data import dataset_info
 from robeval.data.contract import check_image_tensors
@@ -129,18 +130,21 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     source = ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
                          num_classes=classes, eps=eps, norm=plan.norm, config=module_config(model, outputs),
                          probe_fingerprint=outputs)
-    attacks = gated(parse_suite(suite, ThreatModel(eps, plan.norm)))
+    items = parse_suite(suite, ThreatModel(eps, plan.norm))
+    attacks, corruptions = split_suite_items(items)
+    attacks = gated(attacks)
     store = open_store(store)
     with borrowed(model):
         device_ = resolve_device(device)
         prepared = guarded(prepare_model(model, device_), source)
         x, y = images.to(device_), labels.to(device_)
         run_id, size, todo, n_done = open_evaluation(
-            source, config, plan, [attack.spec for attack in attacks], store, prepared, x, y, device_,
-            fresh, lambda _: None)
-        run_batches(prepared, attacks, x, y, plan, store, run_id, size, todo, n_done)
-        result = conclude(prepared, store, run_id, x[:CHECK_IMAGES], y[:CHECK_IMAGES], plan, checks,
-                          n_done, log)
+            source, config, plan, [item.spec for item in items], store, prepared, x, y, device_,
+            fresh, lambda _: None, corruptions)
+        run_batches(prepared, attacks, x, y, plan, store, run_id, size, todo, n_done,
+                    corruptions=corruptions)
+        result = conclude(prepared, store, run_id, x[:CHECK_IMAGES], y[:CHECK_IMAGES], plan,
+                          checks and bool(attacks), n_done, log)
     print_flags(result, log)
     return result
 

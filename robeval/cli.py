@@ -187,7 +187,8 @@ def train(preset, config_file, out, resume, force, quiet, list_names, nproc, **p
 @cli.command()
 @click.argument("model_spec", metavar="MODEL")
 @click.option("--suite", default="pgd1,pgd200,aa", show_default=True,
-              help="attacks, e.g. fgsm,pgd10,pgd200(step=1/255,restarts=2),aa")
+              help="attacks, e.g. fgsm,pgd10,pgd200(step=1/255,restarts=2),aa; `corruptions` or "
+                   "corruptions(types=fog+noise,severities=1-3) adds the common corruptions")
 @click.option("--eps", default=None, help="radius in [0,1] units (default: the model's training ε)")
 @click.option("--norm", default=None, cls=ListedOption, listed=NORM_HELP)
 @click.option("--n", "--n-images", "n_images", type=int, default=1000, show_default=True,
@@ -216,7 +217,7 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
     """Evaluate MODEL (run folder, checkpoint, state_dict + --arch, robustbench:NAME)."""
     from robeval.device import resolve_device
     from robeval.distributed import rank_device, session
-    from robeval.evaluate import EvalConfig, check_batch_size, evaluate, format_summary
+    from robeval.evaluate import EvalConfig, check_batch_size, evaluate, format_corruptions, format_summary
     from robeval.results import ResultsStore
     from robeval.sources import load_source
 
@@ -245,6 +246,8 @@ def attack(model_spec, suite, eps, norm, n_images, batch_size, device, dataset, 
     click.echo(f"{source.name} on {n_done} images ({mode}); outcomes in {db} (run "
                f"{result.run_id})")
     click.echo(format_summary(result.summary))
+    if result.corruptions is not None:
+        click.echo(format_corruptions(result.corruptions))
     for line in result.flag_lines() + result.note_lines():
         click.echo(line)
     if result.checks and all(check.passed for check in result.checks):
@@ -315,7 +318,7 @@ def json_document(document: dict) -> str:
 @click.option("--db", default="reports/robeval.sqlite", show_default=True, help="results store")
 @click.option("--baseline", type=int, default=None, help="run id the other rows are compared with")
 @click.option("--format", "formats", default="md,pdf,tex", show_default=True,
-              help="comma-separated: md, pdf, tex")
+              help="comma-separated: md, pdf, tex, html (a leaderboard site: index.html)")
 @click.option("--out", default="reports/report", show_default=True, help="report folder")
 @click.option("--ci", is_flag=True, help="confidence intervals in the main table")
 @click.option("--title", default="robeval report", show_default=True)

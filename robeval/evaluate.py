@@ -6,7 +6,9 @@ default `cascade` mode an attack only sees the points still robust after the ear
 case); in `independent` mode every attack sees every clean-correct point, which gives each
 attack's own accuracy. Every batch is committed to the results store in one transaction, so
 an interrupted evaluation resumes at the first unfinished batch and ends with the same
-per-sample outcomes; randomness is seeded per run, batch and attack.
+per-sample outcomes; randomness is seeded per run, batch and attack. A suite holding the common
+corruptions (`corruptions(...)`) also classifies every image of each batch under each of its
+(type, severity) conditions, after the attacks and apart from them (no cascade, no worst case).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from robeval.attacks import NORMS, Attack, ThreatModel, parse_suite
+from robeval.attacks.corruptions import CorruptionSuite, evaluate_corruptions, split_suite_items
 from robeval.attacks.cost import PassCounter
 from robeval.attacks.guard import GuardedModel, ModelContractError, check_materialised
 from robeval.attacks.verify import Verified, majority_logits, verify
@@ -38,7 +41,17 @@ from robeval.diagnostics.masking import masking_gate, run_checks, strict_json
 from robeval.distributed import World, barrier, current, gather, main_only, on_main, rank_device
 from robeval.errors import RobevalError
 from robeval.identity import ModelSource, source_identity
-from robeval.results import MODES, OutcomeRow, Passes, ResultsStore, RunRecord, SampleRow
+from robeval.results import (
+    MODES,
+    CorruptionBatch,
+    CorruptionRow,
+    OutcomeRow,
+    Passes,
+    ResultsStore,
+    RunRecord,
+    SampleRow,
+    corruption_table,
+)
 from robeval.schema import BatchSize, ImageCount, Seed, validated
 from robeval.spec import parse_eps
 from robeval.version import __version__
@@ -75,6 +88,7 @@ class EvalResult:
     batches_resumed: int
     checks: list = field(default_factory=list)   # CheckResults of the cheap masking checks
     attack_notes: dict = field(default_factory=dict)  # spec -> AttackNotes (gate, verification)
+    corruptions: pd.DataFrame | None = None   # `ResultsStore.corruption_summary`; None without them
 
     def note_lines(self) -> list[str]:
         """What the engine noted about the attacks (gate fired, unconfirmed breaks, ...)."""
@@ -86,11 +100,14 @@ class EvalResult:
 
     def to_json(self) -> dict:
         """The result as one JSON-ready document (`robeval attack --json`): the summary rows, the
-        masking checks with their full evidence, the engine's notes per attack, and the flag and
-        note lines that are printed."""
+        corruption rows (one per type and severity, and the mean over all; absent without
+        corruptions), the masking checks with their full evidence, the engine's notes per attack,
+        and the flag and note lines that are printed."""
+        corruptions = {} if self.corruptions is None else {"corruptions": corruption_json(self.corruptions)}
         return strict_json({
             "run_id": self.run_id,
             "summary": json.loads(self.summary.rename_axis("attack").reset_index().to_json(orient="records")),
+            **corruptions,
             "checks": [check_json(check) for check in self.checks],
             "attack_notes": {spec: asdict(notes) for spec, notes in self.attack_notes.items()},
             "flags": self.flag_lines(), "notes": self.note_lines()})
@@ -222,32 +239,36 @@ class BatchOutcome:
     notes: dict[int, dict]            # per position: gate, unconfirmed breaks, projection, majority
     chunk: int                        # points per attack call that fitted in memory
     random: bool = False              # verdicts needed the majority of several passes
+    corruptions: CorruptionBatch = field(default_factory=CorruptionBatch)  # predictions per condition
 
     def write(self, store: ResultsStore, run_id: int, batch: int) -> None:
         """Commit the batch to `store`."""
         store.write_batch(run_id, batch, self.samples, self.rows, self.seconds, self.passes,
-                          self.clean, self.notes)
+                          self.clean, self.notes, self.corruptions)
 
 
 def evaluate_batch(model: GuardedModel, attacks: list[Attack], images: Tensor, labels: Tensor,
                    first_index: int, batch: int, plan: ResolvedEval, chunk: int,
-                   majority: bool = False) -> BatchOutcome:
-    """Clean predictions and every attack's verified per-sample outcome, time and passes.
+                   majority: bool = False, corruptions: CorruptionSuite | None = None) -> BatchOutcome:
+    """Clean predictions and every attack's verified per-sample outcome, time and passes; then,
+    with `corruptions`, every image's prediction under each corruption condition.
 
     Each attack sees the model through a `PassCounter`, so its image-passes are counted whatever
     it does; the clean classification is counted on its own. Every outcome is verified by a fresh
     forward pass (`robeval.attacks.verify`); when that shows the model's outputs to be random,
     the batch is judged again from the start with majority verdicts (`majority`).
     """
-    outcome = _evaluate_batch(model, attacks, images, labels, first_index, batch, plan, chunk, majority)
+    outcome = _evaluate_batch(model, attacks, images, labels, first_index, batch, plan, chunk, majority,
+                              corruptions)
     if outcome is None:
-        outcome = _evaluate_batch(model, attacks, images, labels, first_index, batch, plan, chunk, True)
+        outcome = _evaluate_batch(model, attacks, images, labels, first_index, batch, plan, chunk, True,
+                                  corruptions)
     return outcome
 
 
 def _evaluate_batch(model: GuardedModel, attacks: list[Attack], images: Tensor, labels: Tensor,
                     first_index: int, batch: int, plan: ResolvedEval, chunk: int,
-                    majority: bool) -> BatchOutcome | None:
+                    majority: bool, corruptions: CorruptionSuite | None = None) -> BatchOutcome | None:
     """One try at `evaluate_batch`; None when the outputs proved random and majority was off."""
     counter = PassCounter(model).train(model.training)
     threat = ThreatModel(plan.eps, plan.norm)
@@ -280,7 +301,26 @@ def _evaluate_batch(model: GuardedModel, attacks: list[Attack], images: Tensor, 
         if verified:
             survived = torch.cat([result.robust for result in verified]).to(targets.device)
             still_robust[targets[~survived]] = False
-    return BatchOutcome(samples, rows, seconds, passes, clean, notes, chunk, majority)
+    corrupted = corruption_batch(counter, corruptions, images, labels, first_index, plan.seed, majority)
+    return BatchOutcome(samples, rows, seconds, passes, clean, notes, chunk, majority, corrupted)
+
+
+def corruption_batch(counter: PassCounter, corruptions: CorruptionSuite | None, images: Tensor,
+                     labels: Tensor, first_index: int, seed: int, majority: bool) -> CorruptionBatch:
+    """Every image's prediction under each corruption condition, as the store takes them (empty
+    without corruptions). Not an attack: every image counts, clean-correct or not, and nothing
+    here touches the adversarial outcomes."""
+    batch = CorruptionBatch()
+    if corruptions is None:
+        return batch
+    for condition in evaluate_corruptions(counter, corruptions, images, labels, first_index, seed, majority):
+        batch.rows += [CorruptionRow(first_index + local, condition.position, int(predicted), float(margin))
+                       for local, (predicted, margin) in enumerate(zip(condition.predictions.tolist(),
+                                                                       condition.margins.tolist(),
+                                                                       strict=True))]
+        batch.seconds[condition.position] = condition.seconds
+        batch.passes[condition.position] = Passes(*condition.passes)
+    return batch
 
 
 def batch_notes(checked: list[Verified], majority: bool) -> dict:
@@ -339,23 +379,25 @@ def evaluate(source: ModelSource, config: EvalConfig, store: ResultsStore | None
     log = main_only(log, world)
     plan = resolve(config, source)
     device = rank_device(resolve_device(config.device), world)
-    attacks = gated(parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm)))
+    items = parse_suite(plan.suite, ThreatModel(plan.eps, plan.norm))
+    attacks, corruptions = split_suite_items(items)
+    attacks = gated(attacks)
     test = load_test_set(plan.dataset, plan.data_dir, plan.n)
     info = dataset_info(plan.dataset)
     if tuple(test.images.shape[1:]) != (info.channels, info.image_size, info.image_size):
         raise RobevalError(f"test images of {plan.dataset} have shape {tuple(test.images.shape[1:])}")
     images, labels = test.images.to(device), test.labels.to(device)
     model = guarded(prepare_model(source.model, device), source)
-    specs = [attack.spec for attack in attacks]
+    specs = [item.spec for item in items]
     run_id, batch_size, todo, n_done = on_main(
         lambda: open_evaluation(source, config, plan, specs, store, model, images, labels,
-                                device, fresh, log), world)
+                                device, fresh, log, corruptions), world)
     run_batches(model, attacks, images, labels, plan, store, run_id, batch_size, todo, n_done,
-                world=world, progress=progress, scale=255)
+                world=world, progress=progress, scale=255, corruptions=corruptions)
     result = None
     if world.is_main:
         result = conclude(model, store, run_id, images[:CHECK_IMAGES].float() / 255, labels[:CHECK_IMAGES],
-                          plan, config.checks, n_done, log)
+                          plan, config.checks and bool(attacks), n_done, log)
     barrier(world)
     return result or EvalResult(run_id, store, None, n_done)
 
@@ -375,14 +417,17 @@ def conclude(model: GuardedModel, store: ResultsStore, run_id: int, check_images
     if notes:
         store.set_notes(run_id, notes)
     store.finish_run(run_id)
-    return EvalResult(run_id, store, store.summary(run_id), n_done, found, store.attack_notes(run_id))
+    corruptions = store.corruption_summary(run_id)
+    return EvalResult(run_id, store, store.summary(run_id), n_done, found, store.attack_notes(run_id),
+                      None if corruptions.empty else corruptions)
 
 
 def run_batches(model: GuardedModel, attacks: list[Attack], images: Tensor, labels: Tensor,
                 plan: ResolvedEval, store: ResultsStore, run_id: int, batch_size: int, todo: list[int],
                 n_done: int = 0, world: World | None = None, progress: bool = False,
-                scale: float = 1.0) -> None:
-    """The evaluation loop: attack the batches `todo` and commit each to `store` as it finishes.
+                scale: float = 1.0, corruptions: CorruptionSuite | None = None) -> None:
+    """The evaluation loop: attack the batches `todo` (and corrupt them, with `corruptions`) and
+    commit each to `store` as it finishes.
 
     `images / scale` are the images in [0,1] (255 for uint8 test sets). Under torchrun the
     batches are dealt out round-robin and rank 0 writes them. Once a batch shows the model's
@@ -401,7 +446,8 @@ def run_batches(model: GuardedModel, attacks: list[Attack], images: Tensor, labe
             x = images[start:start + batch_size].float() / scale
             y = labels[start:start + batch_size]
             with contract_kept(model.name, mine, start, len(y)):
-                outcome = evaluate_batch(model, attacks, x, y, start, mine, plan, chunk, majority)
+                outcome = evaluate_batch(model, attacks, x, y, start, mine, plan, chunk, majority,
+                                         corruptions)
             chunk, majority = outcome.chunk, majority or outcome.random
             finished = (mine, outcome)
         for batch_result in gather(finished, world) or []:
@@ -445,8 +491,12 @@ def mutation_warning(name: str) -> str:
 def open_evaluation(source: ModelSource, config: EvalConfig, plan: ResolvedEval,
                     specs: list[str], store: ResultsStore, model: nn.Module, images: Tensor,
                     labels: Tensor, device: torch.device, fresh: bool,
-                    log: Callable[[str], None]) -> tuple[int, int, list[int], int]:
-    """Find or open the run in the store: (run id, batch size, batches to do, batches done)."""
+                    log: Callable[[str], None],
+                    corruptions: CorruptionSuite | None = None) -> tuple[int, int, list[int], int]:
+    """Find or open the run in the store: (run id, batch size, batches to do, batches done).
+
+    `specs` are the suite's items in order (they key the run); the corruptions item among them
+    is stored as its conditions, the rest as the run's attacks."""
     requested = str(config.batch_size)
     key = run_key(source, plan, specs, requested)
     run_id = store.find_run(key)
@@ -460,8 +510,10 @@ def open_evaluation(source: ModelSource, config: EvalConfig, plan: ResolvedEval,
                                "model": source.config,
                                "source": {"kind": source.kind, "path": source.path}},
                        dataset=plan.dataset, n=len(labels), eps=plan.eps, norm=plan.norm,
-                       seed=plan.seed, batch_size=batch_size, mode=plan.mode, attacks=specs,
-                       versions=library_versions(), device=str(device), git_commit=git_commit())
+                       seed=plan.seed, batch_size=batch_size, mode=plan.mode,
+                       attacks=[spec for spec in specs if corruptions is None or spec != corruptions.spec],
+                       versions=library_versions(), device=str(device), git_commit=git_commit(),
+                       corruptions=[] if corruptions is None else corruptions.conditions)
     run_id = store.open_run(key, record, fresh=fresh)
     done = store.done_batches(run_id)
     n_batches = -(-len(labels) // batch_size)
@@ -499,3 +551,30 @@ def format_summary(summary: pd.DataFrame) -> str:
 
 def _format_passes(value: float) -> str:
     return "-" if pd.isna(value) else f"{value:.1f}"
+
+
+def corruption_json(summary: pd.DataFrame) -> list[dict]:
+    """The corruption summary as JSON-ready rows: one per (type, severity), then the mean over all."""
+    rows = json.loads(summary.reset_index().to_json(orient="records"))
+    mean = corruption_table(summary).loc["mean", "mean"]
+    return rows + [{"corruption": "mean", "severity": None, "accuracy": float(mean)}]
+
+
+def format_corruptions(summary: pd.DataFrame) -> str:
+    """The corruption accuracy (%) per type and severity, with the means and passes per image,
+    as a fixed-width table, and a line with the mean over all types and severities."""
+    table = corruption_table(summary)
+    shown = table.map(lambda value: f"{100 * value:.2f}")
+    passes = summary.groupby(level="corruption", sort=False)["passes_per_image"].sum(min_count=1)
+    shown["passes/image"] = [_format_passes(passes.get(name, float("nan"))) for name in table.index[:-1]] \
+        + [_format_passes(summary["passes_per_image"].sum(min_count=1))]
+    types, severities = len(table) - 1, len(table.columns) - 1
+    n = int(summary["n"].iloc[0])
+    return (f"common corruptions (accuracy %, not an attack: kept out of the worst case)\n"
+            f"{shown.to_string()}\n"
+            f"corruption accuracy: {100 * table.loc['mean', 'mean']:.2f}% (mean over {_count(types, 'type')} "
+            f"x {_count(severities, 'severity', 'severities')}, {n} images each)")
+
+
+def _count(number: int, one: str, many: str | None = None) -> str:
+    return f"{number} {one if number == 1 else many or one + 's'}"

@@ -1,5 +1,6 @@
 """Attacks: norm step classes, losses, our PGD/FGSM and APGD, AutoAttack through pyautoattack,
-`aa-fast`, suites.
+`aa-fast`, suites, and the common corruptions (`robeval.attacks.corruptions`), a suite item
+that is not an attack.
 
 `apgd-ce`, `apgd-dlr`, `apgd-t` are robeval's APGD with per-sample early exit
 (`robeval.attacks.apgd`); pyautoattack's APGD stays available as `pyautoattack-apgd-ce`,
@@ -9,6 +10,7 @@ pyautoattack's versions unchanged.
 
 from robeval.attacks import apgd as _apgd  # noqa: F401  (registers apgd-ce, apgd-dlr, apgd-t)
 from robeval.attacks import autoattack as _autoattack  # noqa: F401  (registers aa and its parts)
+from robeval.attacks import corruptions as _corruptions  # noqa: F401  (registers the suite item corruptions)
 from robeval.attacks import fast as _fast  # noqa: F401  (registers aa-fast)
 from robeval.attacks.base import (
            ATTACKS,

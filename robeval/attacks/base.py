@@ -2,6 +2,8 @@
 
 A suite is a comma-separated list of attack specs, each a name with optional options in
 parentheses: `fgsm,pgd10,pgd200(step=1/255,restarts=2,loss=dlr),aa`. `pgdK` works for any K.
+A suite may also hold items that are not attacks (`SUITE_ITEMS`: the common corruptions,
+`corruptions(...)`); `parse_suite` returns them in their place among the attacks.
 """
 
 from __future__ import annotations
@@ -50,11 +52,13 @@ class ThreatModel:
 
 
 AttackFactory = Callable[[ThreatModel, dict], Attack]  # factory(threat, options) -> Attack
+ItemFactory = Callable[[dict], object]                 # factory(options) -> a suite item
 
 PatternFactory = Callable[[re.Match, ThreatModel, dict], Attack]  # factory(match, threat, options)
 
 ATTACKS: Registry[AttackFactory] = Registry("attack")
 PATTERNS: list[tuple[re.Pattern, tuple[str, ...], PatternFactory]] = []  # families like pgdK
+SUITE_ITEMS: Registry[ItemFactory] = Registry("suite item")  # not attacks: they have a `spec`, no `run`
 
 
 def add_pattern(pattern: str, shown_as: tuple[str, ...], factory: PatternFactory) -> None:
@@ -104,13 +108,22 @@ def build_attack(text: str, threat: ThreatModel) -> Attack:
         if match:
             return factory(match, threat, options)
     if key not in ATTACKS:
-        raise UnknownNameError(f"unknown attack {name!r}; known: {', '.join(attack_names())}")
+        others = f"; other suite items: {', '.join(SUITE_ITEMS.names())}" if len(SUITE_ITEMS) else ""
+        raise UnknownNameError(f"unknown attack {name!r}; known: {', '.join(attack_names())}{others}")
     return ATTACKS.get(key)(threat, options)
 
 
-def parse_suite(text: str, threat: ThreatModel) -> list[Attack]:
-    """All attacks of a suite, in order; errors name the bad part."""
-    attacks = [build_attack(item, threat) for item in split_suite(text)]
+def build_item(text: str, threat: ThreatModel) -> Attack | object:
+    """One suite item: an entry of `SUITE_ITEMS` (e.g. `corruptions(...)`), else an attack."""
+    name, options = parse_spec(text)
+    if name in SUITE_ITEMS:
+        return SUITE_ITEMS.get(name)(options)
+    return build_attack(text, threat)
+
+
+def parse_suite(text: str, threat: ThreatModel) -> list[Attack | object]:
+    """All items of a suite, in order: attacks and any `SUITE_ITEMS`; errors name the bad part."""
+    attacks = [build_item(item, threat) for item in split_suite(text)]
     specs = [attack.spec for attack in attacks]
     if len(set(specs)) != len(specs):
         raise RobevalError(f"suite {text!r} names the same attack twice")

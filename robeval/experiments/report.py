@@ -46,10 +46,10 @@ def write_report(experiment: Experiment, results: list[CellResult], store: Resul
     the published numbers beside ours and a verdict per finding."""
     # imported here, not at the top: report.build loads matplotlib (about a second), which
     # loading, listing or checking an experiment does not need
-    from robeval.report.build import FORMATS, ReportConfig, build_report
+    from robeval.report.build import DEFAULT_FORMATS, ReportConfig, build_report
 
     report = experiment.report
-    formats = report.get("formats", FORMATS)
+    formats = report.get("formats", DEFAULT_FORMATS)
     measured = measurements(results, store)
     extra = _group_tables(experiment, results, store) + study_tables(experiment, measured)
     config = ReportConfig(out=str(report_dir(experiment, root) / "report"),

@@ -1,4 +1,5 @@
-"""Assemble a report from the results store: tables, figures and flags, then render it."""
+"""Assemble a report from the results store: tables, figures and flags, then render it; the
+HTML site is built from the same runs, one entry per run (`robeval.report.leaderboard`)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,16 @@ from robeval.activations import get_activation
 from robeval.checkpoints import remove_stale_temporaries
 from robeval.diagnostics.explain import GRADIENT_UNITS, R_READING, quantity_label, quantity_unit
 from robeval.errors import RobevalError
-from robeval.report import FORMATS, figures, tables
-from robeval.report.collect import ReportData, collect
+from robeval.report import DEFAULT_FORMATS, FORMATS, figures, tables
+from robeval.report.collect import ReportData, collect, per_class
+from robeval.report.html import write_site
+from robeval.report.leaderboard import site_entries
 from robeval.report.render import WRITERS, Report, Section
 from robeval.results import ResultsStore
 
-if set(FORMATS) != set(WRITERS):  # the light list that experiments check against, kept honest
-    raise ImportError(f"robeval.report.FORMATS {FORMATS} must name the writers {tuple(WRITERS)}")
+SITE = "html"   # the format written by `robeval.report.html` rather than a `Report` writer
+if set(FORMATS) != {*WRITERS, SITE}:  # the light list that experiments check against, kept honest
+    raise ImportError(f"robeval.report.FORMATS {FORMATS} must name the writers {(*WRITERS, SITE)}")
 DEFAULT_ACTIVATIONS = ("relu", "softplus", "silu", "gelu", "elu", "smoothrelu")
 
 
@@ -31,7 +35,7 @@ class ReportConfig:
     out: str = "reports/report"
     runs: tuple[int, ...] | None = None     # evaluation run ids (None: every run in the store)
     baseline: int | None = None             # run id the other rows are compared with
-    formats: tuple[str, ...] = FORMATS      # md, pdf, tex
+    formats: tuple[str, ...] = DEFAULT_FORMATS   # md, pdf, tex; html on request
     ci: bool = False                        # confidence intervals in the main table
     title: str = "robeval report"
     include_unfinished: bool = False        # also unfinished evaluations, marked in every row
@@ -86,27 +90,22 @@ def _figures(data: ReportData, store: ResultsStore) -> list[Section]:
                                     figures.gradient_quality_curves(histories)))
         except RobevalError:
             pass
-    sections.append(Section("robust-vs-clean", "Robust (worst case over each suite) against clean "
-                            "accuracy, with 95% Wilson intervals.", figures.robust_vs_clean(data)))
+    if "worst case" in set(data.metrics["metric"]):   # runs of corruptions alone have no worst case
+        sections.append(Section("robust-vs-clean", "Robust (worst case over each suite) against clean "
+                                "accuracy, with 95% Wilson intervals.", figures.robust_vs_clean(data)))
     by_eps = data.models.groupby("label")["eps"].nunique()
     if (by_eps > 1).any():
         points = data.models[["label", "activation_name", "eps"]].join(
             data.metrics[data.metrics["metric"] == "worst case"].set_index("run_id")["accuracy"])
         sections.append(Section("robust-vs-eps", "Robust accuracy (worst case) against ε.",
                                 figures.robustness_vs_eps(points.reset_index(drop=True))))
-    first = int(data.models.index[0])
-    sections.append(Section("per-class", f"Per-class clean and robust accuracy of "
-                            f"{data.models.loc[first, 'label']}.",
-                            figures.per_class_accuracy(per_class(store, first))))
+    attacked = [run_id for run_id in data.models.index if len(data.models.loc[run_id, "attacks"])]
+    if attacked:
+        first = int(attacked[0])
+        sections.append(Section("per-class", f"Per-class clean and robust accuracy of "
+                                f"{data.models.loc[first, 'label']}.",
+                                figures.per_class_accuracy(per_class(store, first))))
     return sections
-
-
-def per_class(store: ResultsStore, run_id: int) -> pd.DataFrame:
-    """Clean and worst-case robust accuracy per true class of one run."""
-    samples = store.per_sample(run_id)
-    grouped = samples.groupby("label")
-    return pd.DataFrame({"class": grouped.size().index, "clean": grouped["clean_correct"].mean().values,
-                         "robust": grouped["robust"].mean().values})
 
 
 def _flags(data: ReportData) -> list[str]:
@@ -133,8 +132,8 @@ def _provenance(data: ReportData, store: ResultsStore) -> dict[str, str]:
     }
 
 
-def assemble(store: ResultsStore, config: ReportConfig) -> Report:
-    """Tables, figures and flags for the runs of `config` (all figures closed after rendering)."""
+def report_data(store: ResultsStore, config: ReportConfig) -> ReportData:
+    """The runs of `config`, checked: at least one, and the baseline among them."""
     data = collect(store, list(config.runs) if config.runs else None, config.include_unfinished)
     if data.models.empty:
         raise RobevalError(f"{store.path} holds no finished evaluation runs: run `robeval attack` "
@@ -142,11 +141,18 @@ def assemble(store: ResultsStore, config: ReportConfig) -> Report:
     if config.baseline is not None and config.baseline not in data.models.index:
         raise RobevalError(f"--baseline {config.baseline} is not among the runs: "
                            f"{', '.join(map(str, data.models.index))}")
+    return data
+
+
+def assemble(store: ResultsStore, config: ReportConfig, data: ReportData | None = None) -> Report:
+    """Tables, figures and flags for the runs of `config` (all figures closed after rendering)."""
+    data = report_data(store, config) if data is None else data
     main = tables.main_table(data, baseline=config.baseline, ci=config.ci)
     cost = [tables.cost_table(data)] if data.metrics["passes_per_image"].notna().any() else []
+    corruptions = tables.corruption_tables(data, config.baseline)
     grouped = _optional_tables(data.finished()) if not data.finished().models.empty else []
     return Report(config.title, _provenance(data, store),
-                  [main, *cost, *grouped, *config.extra_tables],
+                  [main, *cost, *corruptions, *grouped, *config.extra_tables],
                   _figures(data, store), _flags(data))
 
 
@@ -160,10 +166,13 @@ def build_report(store: ResultsStore, config: ReportConfig) -> dict[str, Path]:
         if out.exists() and not out.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "it is a file, not a folder")
         out.mkdir(parents=True, exist_ok=True)
-    report = assemble(store, config)
+    data = report_data(store, config)
+    report = assemble(store, config, data) if set(config.formats) & set(WRITERS) else None
+    entries = site_entries(store, data) if SITE in config.formats else []
     with _report_writes(out):
         remove_stale_temporaries(out)  # left by a report killed outright
-        return {fmt: WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
+        return {fmt: write_site(config.title, _provenance(data, store), entries, out) if fmt == SITE
+                else WRITERS[fmt](report, out) for fmt in FORMATS if fmt in config.formats}
 
 
 @contextmanager

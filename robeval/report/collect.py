@@ -1,9 +1,11 @@
 """Gather what a report needs from the results store: one row per evaluated model.
 
-`collect(store)` returns two frames: `models` (one row per evaluation run, with the model's
-architecture, activation, training method and tricks from its recorded config) and `metrics`
+`collect(store)` returns three frames: `models` (one row per evaluation run, with the model's
+architecture, activation, training method and tricks from its recorded config), `metrics`
 (long: run_id, metric, accuracy, ci_low, ci_high, seconds, n, forward_passes, backward_passes,
-passes_per_image; metric is 'clean', an attack spec or 'worst case').
+passes_per_image; metric is 'clean', an attack spec or 'worst case', the last only for runs
+with attacks) and `corruptions` (long: run_id, corruption, severity and the same columns, for
+runs whose suite held the common corruptions; empty when none did).
 
 Only finished evaluations are collected unless unfinished ones are asked for; those carry an
 `unfinished` marker ("unfinished: 2/10 batches") that every table row and figure label shows,
@@ -12,7 +14,7 @@ since their figures cover only the committed batches.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +22,9 @@ import pandas as pd
 from robeval.activations import get_activation
 from robeval.errors import RobevalError
 from robeval.results import ResultsStore
+
+CORRUPTION_COLUMNS = ["run_id", "corruption", "severity", "accuracy", "ci_low", "ci_high", "correct",
+                      "n", "seconds", "forward_passes", "backward_passes", "passes_per_image"]
 
 # Training settings shown as "tricks" (Bag of Tricks) when they differ across models.
 TRICKS = ("optimizer", "weight_decay", "label_smoothing", "bn_mode", "schedule", "batch_size",
@@ -32,13 +37,20 @@ class ReportData:
 
     models: pd.DataFrame
     metrics: pd.DataFrame
+    corruptions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CORRUPTION_COLUMNS))
 
     def finished(self) -> ReportData:
         """The same data without the unfinished runs."""
         if self.models.empty or "unfinished" not in self.models:
             return self
         keep = self.models[self.models["unfinished"] == ""]
-        return ReportData(keep, self.metrics[self.metrics["run_id"].isin(keep.index)])
+        return ReportData(keep, self.metrics[self.metrics["run_id"].isin(keep.index)],
+                          self.corruptions[self.corruptions["run_id"].isin(keep.index)])
+
+    def corruption_summary(self, run_id: int) -> pd.DataFrame:
+        """One run's `ResultsStore.corruption_summary` (empty when it has no corruptions)."""
+        rows = self.corruptions[self.corruptions["run_id"] == run_id]
+        return rows.drop(columns="run_id").set_index(["corruption", "severity"])
 
     def accuracy_table(self, value: str = "accuracy") -> pd.DataFrame:
         """Wide: one row per run, one column per metric (clean, attacks in order, worst case)."""
@@ -47,9 +59,10 @@ class ReportData:
 
 
 def metric_order(metrics: pd.DataFrame) -> list[str]:
-    """clean, the attacks in the order they first appear, worst case."""
-    attacks = [m for m in dict.fromkeys(metrics["metric"]) if m not in ("clean", "worst case")]
-    return ["clean", *attacks, "worst case"]
+    """clean, the attacks in the order they first appear, worst case (when any run has attacks)."""
+    seen = list(dict.fromkeys(metrics["metric"]))
+    attacks = [m for m in seen if m not in ("clean", "worst case")]
+    return ["clean", *attacks, *(["worst case"] if "worst case" in seen or not len(metrics) else [])]
 
 
 def _training(config: dict) -> dict:
@@ -116,6 +129,14 @@ def engine_notes(store: ResultsStore, run_id: int) -> list[str]:
     return [line for spec, notes in store.attack_notes(run_id).items() for line in notes.lines(spec)]
 
 
+def per_class(store: ResultsStore, run_id: int) -> pd.DataFrame:
+    """Clean and worst-case robust accuracy per true class of one run."""
+    samples = store.per_sample(run_id)
+    grouped = samples.groupby("label")
+    return pd.DataFrame({"class": grouped.size().index, "clean": grouped["clean_correct"].mean().values,
+                         "robust": grouped["robust"].mean().values})
+
+
 def collect(store: ResultsStore, run_ids: list[int] | None = None,
             include_unfinished: bool = False) -> ReportData:
     """One row per finished evaluation run (diagnose-only runs are left out).
@@ -126,11 +147,11 @@ def collect(store: ResultsStore, run_ids: list[int] | None = None,
     runs = store.runs()
     if run_ids is not None:
         check_run_ids(runs, run_ids, include_unfinished, store.path)
-    model_rows, metric_rows = [], []
+    model_rows, metric_rows, corruption_rows = [], [], []
     for run in runs.itertuples(index=False):
         if run_ids is not None and run.id not in run_ids:
             continue
-        if not run.attacks or (run.notes or {}).get("kind") == "diagnose":
+        if not (run.attacks or run.corruptions) or (run.notes or {}).get("kind") == "diagnose":
             continue
         marker = unfinished_marker(run)
         if marker and not include_unfinished:
@@ -153,6 +174,9 @@ def collect(store: ResultsStore, run_ids: list[int] | None = None,
         summary = store.summary(run.id)
         for metric, values in summary.iterrows():
             metric_rows.append({"run_id": run.id, "metric": metric, **values.to_dict()})
+        for (corruption, severity), values in store.corruption_summary(run.id).iterrows():
+            corruption_rows.append({"run_id": run.id, "corruption": corruption, "severity": severity,
+                                    **values.to_dict()})
     models = pd.DataFrame(model_rows)
     metrics = pd.DataFrame(metric_rows, columns=["run_id", "metric", "accuracy", "ci_low",
                                                  "ci_high", "correct", "n", "seconds",
@@ -160,4 +184,4 @@ def collect(store: ResultsStore, run_ids: list[int] | None = None,
                                                  "passes_per_image"])
     if not models.empty:
         models = models.set_index("run_id", drop=False)
-    return ReportData(models, metrics)
+    return ReportData(models, metrics, pd.DataFrame(corruption_rows, columns=CORRUPTION_COLUMNS))

@@ -27,6 +27,7 @@ import pandas as pd
 from robeval.activations import SMOOTH_GRAD_MODES
 from robeval.errors import RobevalError
 from robeval.report.collect import TRICKS, ReportData, metric_order
+from robeval.results import corruption_table, mean_corruption_error
 
 DASH = "–"
 MINUS = "−"
@@ -286,6 +287,91 @@ def _table(title: str, cells: pd.DataFrame, bold: pd.DataFrame, labels, index_na
     cells, bold = cells.copy(), bold.reindex_like(cells).eq(True)
     cells.index = bold.index = pd.Index(list(labels), name=index_name)
     return Table(title, cells.astype(object), bold, notes)
+
+
+# --- common corruptions -------------------------------------------------------------------
+
+CORRUPTION_NOTE = ("Common corruptions (CIFAR-10-C's 15 types, severities 1–5) are not an adversarial "
+                   "threat: every test image counts, clean-correct or not, and they are not part of the "
+                   "worst case.")
+
+
+def _corruption_runs(data: ReportData) -> list[int]:
+    """The runs with corruption results, in the models' order."""
+    found = set(data.corruptions["run_id"])
+    return [run_id for run_id in data.models.index if run_id in found]
+
+
+def corruption_tables(data: ReportData, baseline: int | None = None) -> list[Table]:
+    """The corruption tables (`corruption_type_table`, `corruption_severity_table`), or none when
+    no run has corruption results."""
+    if not _corruption_runs(data):
+        return []
+    return [corruption_type_table(data, baseline), corruption_severity_table(data)]
+
+
+def corruption_type_table(data: ReportData, baseline: int | None = None) -> Table:
+    """One row per run with corruption results; accuracy (%) per corruption type (mean over its
+    severities), the mean over types and severities (RobustBench's corruption accuracy) and, with
+    a `baseline` run that has corruption results, the mCE relative to it. Bold: best of each
+    column (lowest mCE)."""
+    runs = _corruption_runs(data)
+    if not runs:
+        raise RobevalError("no run has corruption results: evaluate with --suite corruptions")
+    wide = {run_id: corruption_table(data.corruption_summary(run_id)) for run_id in runs}
+    types = list(dict.fromkeys(name for table in wide.values() for name in table.index[:-1]))
+    values = pd.DataFrame({run_id: {**{name: table["mean"].get(name) for name in types},
+                                    "mean": table.loc["mean", "mean"]}
+                           for run_id, table in wide.items()}).T.reindex(columns=[*types, "mean"])
+    cells = values.apply(lambda column: column.map(percent)).astype(object)
+    bold = _best(values, axis=0)
+    notes = (f"Accuracy (%) on corrupted test images: each type averaged over its severities; mean: over "
+             f"all types and severities. {CORRUPTION_NOTE}")
+    if baseline is not None:
+        errors, said = _mce_column(data, runs, baseline)
+        notes += " " + said
+        if errors is not None:
+            cells["mCE"] = errors.map(lambda value: DASH if _missing(value) else f"{100 * value:.1f}")
+            shown = errors.astype(float).mul(100).round(1)
+            bold["mCE"] = shown.eq(shown.min()) & shown.notna()
+    labels = model_labels(data.models).loc[runs]
+    return _table("Common corruptions: accuracy (%) per type", cells, bold, labels, "model", notes)
+
+
+def _mce_column(data: ReportData, runs: list[int], baseline: int) -> tuple[pd.Series | None, str]:
+    """mCE of each run relative to `baseline`, and the note that explains it (None: no column)."""
+    label = model_labels(data.models)[baseline]
+    if baseline not in runs:
+        return None, f"No mCE: the baseline {label} (run {baseline}) has no corruption results."
+    reference = data.corruption_summary(baseline)
+    errors = pd.Series({run_id: mean_corruption_error(data.corruption_summary(run_id), reference)
+                        for run_id in runs}, dtype=float)
+    return errors, (f"mCE (%): Hendrycks & Dietterich's mean corruption error, each type's errors summed "
+                    f"over severities and divided by those of {label} (run {baseline}), averaged over "
+                    "types; lower is better; – where the baseline lacks a type or severity of the run.")
+
+
+def corruption_severity_table(data: ReportData) -> Table:
+    """One row per run with corruption results; accuracy (%) per severity (mean over types), the
+    mean over all, and the image-passes per test image of all corruptions together."""
+    runs = _corruption_runs(data)
+    if not runs:
+        raise RobevalError("no run has corruption results: evaluate with --suite corruptions")
+    wide = {run_id: corruption_table(data.corruption_summary(run_id)) for run_id in runs}
+    severities = sorted({int(column) for table in wide.values() for column in table.columns[:-1]})
+    headers = [f"severity {severity}" for severity in severities]
+    values = pd.DataFrame({run_id: {**{f"severity {severity}": table.loc["mean"].get(str(severity))
+                                       for severity in severities}, "mean": table.loc["mean", "mean"]}
+                           for run_id, table in wide.items()}).T.reindex(columns=[*headers, "mean"])
+    cells = values.apply(lambda column: column.map(percent)).astype(object)
+    passes = [data.corruption_summary(run_id)["passes_per_image"].sum(min_count=1) for run_id in runs]
+    cells["passes/image"] = [DASH if _missing(value) else f"{value:.1f}" for value in passes]
+    bold = _best(values, axis=0).reindex(columns=cells.columns, fill_value=False)
+    notes = ("Accuracy (%) on corrupted test images at each severity, averaged over the run's types; "
+             "passes/image: image-passes through the model per test image for all corruptions "
+             f"together (one forward per type and severity). {CORRUPTION_NOTE}")
+    return _table("Common corruptions: accuracy (%) per severity", cells, bold,
+                  model_labels(data.models).loc[runs], "model", notes)
 
 
 # --- grouped layouts -----------------------------------------------------------------------

@@ -29,6 +29,7 @@ class RunRecord:
     versions: dict
     device: str
     git_commit: str | None
+    corruptions: list[tuple[str, int]] = field(default_factory=list)  # (type, severity) conditions
 
 
 @dataclass
@@ -109,6 +110,16 @@ class OutcomeRow:
     margin: float | None
     perturbation_norm: float | None
     iterations: int | None
+
+
+@dataclass
+class CorruptionRow:
+    """What the model predicted for sample `index` under the corruption condition at `position`."""
+
+    index: int
+    position: int
+    prediction: int
+    margin: float | None
 
 
 def wilson_interval(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from robeval.errors import RobevalError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 OUTCOMES = ("robust", "broken", "skipped")
 MODES = ("cascade", "independent")
 RESERVED_ROWS = ("clean", "worst case")
@@ -96,12 +96,48 @@ _V1_TO_V2 = [
 # into the threat model, majority verdicts of a random model.
 _V2_TO_V3 = ["ALTER TABLE attack_seconds ADD COLUMN notes TEXT"]
 
+# Version 4 adds the common corruptions: the (type, severity) conditions of a run, the prediction
+# and margin of every sample under each, and each condition's time and passes per batch. Stores
+# written before it hold no corruption results.
+_V3_TO_V4 = [
+    """CREATE TABLE IF NOT EXISTS corruptions (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL CHECK (position >= 0),
+        corruption TEXT NOT NULL,
+        severity INTEGER NOT NULL CHECK (severity BETWEEN 1 AND 5),
+        PRIMARY KEY (run_id, position),
+        UNIQUE (run_id, corruption, severity)
+    )""",
+    """CREATE TABLE IF NOT EXISTS corruption_seconds (
+        run_id INTEGER NOT NULL,
+        batch_index INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        seconds REAL NOT NULL,
+        forward_passes INTEGER,
+        backward_passes INTEGER,
+        PRIMARY KEY (run_id, batch_index, position),
+        FOREIGN KEY (run_id, batch_index) REFERENCES batches(run_id, batch_index) ON DELETE CASCADE,
+        FOREIGN KEY (run_id, position) REFERENCES corruptions(run_id, position) ON DELETE CASCADE
+    )""",
+    """CREATE TABLE IF NOT EXISTS corruption_outcomes (
+        run_id INTEGER NOT NULL,
+        sample_index INTEGER NOT NULL,
+        position INTEGER NOT NULL,
+        prediction INTEGER NOT NULL,
+        margin REAL,
+        PRIMARY KEY (run_id, sample_index, position),
+        FOREIGN KEY (run_id, sample_index) REFERENCES samples(run_id, sample_index) ON DELETE CASCADE,
+        FOREIGN KEY (run_id, position) REFERENCES corruptions(run_id, position) ON DELETE CASCADE
+    )""",
+]
+
 # _MIGRATIONS[v] brings a database from user_version v to v + 1.
-_MIGRATIONS: list[list[str]] = [_SCHEMA_V1, _V1_TO_V2, _V2_TO_V3]
+_MIGRATIONS: list[list[str]] = [_SCHEMA_V1, _V1_TO_V2, _V2_TO_V3, _V3_TO_V4]
 
 
 APPLICATION_ID = 0x52424556   # "RBEV": SQLite's header field that marks a file as robeval's
-ROBEVAL_TABLES = frozenset({"runs", "attacks", "batches", "attack_seconds", "samples", "outcomes"})
+ROBEVAL_TABLES = frozenset({"runs", "attacks", "batches", "attack_seconds", "samples", "outcomes",
+                            "corruptions", "corruption_seconds", "corruption_outcomes"})
 
 
 def ownership_problem(db: sqlite3.Connection) -> str | None:

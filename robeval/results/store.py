@@ -10,13 +10,23 @@ import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from robeval.errors import RobevalError
-from robeval.results.records import OutcomeRow, Passes, RunRecord, SampleRow, _dumps, _opt, stored_json
+from robeval.results.corruptions import CorruptionViews
+from robeval.results.records import (
+    CorruptionRow,
+    OutcomeRow,
+    Passes,
+    RunRecord,
+    SampleRow,
+    _dumps,
+    _opt,
+    stored_json,
+)
 from robeval.results.schema import (
     MODES,
     OUTCOMES,
@@ -30,7 +40,7 @@ from robeval.results.views import StoreViews
 BUSY_TIMEOUT_S = 60.0
 
 # Fields that decide what a run computes: resuming a key with other values would mix results.
-_IDENTITY_FIELDS = ("dataset", "n", "eps", "norm", "seed", "batch_size", "mode", "attacks")
+_IDENTITY_FIELDS = ("dataset", "n", "eps", "norm", "seed", "batch_size", "mode", "attacks", "corruptions")
 
 
 def _now() -> str:
@@ -41,14 +51,16 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-class ResultsStore(StoreViews):
-    """Evaluation runs in one SQLite file (layout: see `robeval.results`; views: see `StoreViews`)."""
+class ResultsStore(StoreViews, CorruptionViews):
+    """Evaluation runs in one SQLite file (layout: see `robeval.results`; views: see `StoreViews`
+    and `CorruptionViews`)."""
 
     def __init__(self, path: str | Path, readonly: bool = False):
         """Open or create the database at `path` (and its parent folder); errors are one line.
 
         With `readonly`, an existing store is opened for reading only: nothing is created,
-        switched or migrated, so a store on a read-only disk or shared read-only can be read.
+        switched or migrated on disk, so a store on a read-only disk or shared read-only can be
+        read; a store of an earlier schema version is read from a copy migrated in memory.
         """
         self.path, self.readonly = Path(path), readonly
         if self.path.is_dir():
@@ -74,7 +86,8 @@ class ResultsStore(StoreViews):
             raise self._database_error(err) from err
 
     def _connect_readonly(self) -> sqlite3.Connection:
-        """A read-only connection to an existing store of the current schema."""
+        """A read-only connection to an existing store: of the current schema as it is, of an
+        earlier one as a copy migrated in memory (the file is not touched)."""
         if not self.path.is_file():
             raise RobevalError(f"results store {self.path} does not exist: run `robeval attack` "
                                "first or pass --db")
@@ -87,6 +100,8 @@ class ResultsStore(StoreViews):
                 db, version = self._open_uri("immutable=1")
         except sqlite3.DatabaseError as err:
             raise self._database_error(err) from err
+        if 1 <= version < SCHEMA_VERSION and ownership_problem(db) is None:
+            return self._migrated_copy(db)
         if version != SCHEMA_VERSION:
             db.close()
             what = "is empty or not a results store" if version == 0 else (
@@ -94,6 +109,21 @@ class ResultsStore(StoreViews):
             raise RobevalError(f"results database {self.path} {what}: pass --db with a store "
                                "written by `robeval attack` of this version")
         return db
+
+    def _migrated_copy(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """An in-memory copy of the store open on `db` (then closed), migrated to `SCHEMA_VERSION`."""
+        memory = sqlite3.connect(":memory:", isolation_level=None)
+        try:
+            db.backup(memory)
+            memory.execute("BEGIN IMMEDIATE")
+            migrate(memory, self.path)
+            memory.execute("COMMIT")
+        except sqlite3.DatabaseError as err:
+            memory.close()
+            raise self._database_error(err) from err
+        finally:
+            db.close()
+        return memory
 
     def _open_uri(self, flags: str) -> tuple[sqlite3.Connection, int]:
         db = sqlite3.connect(f"{self.path.resolve().as_uri()}?{flags}", uri=True,
@@ -240,6 +270,7 @@ class ResultsStore(StoreViews):
             (key, *values.values(), _now()),
         )
         self._insert_attacks(cursor.lastrowid, record.attacks)
+        self._insert_corruptions(cursor.lastrowid, record.corruptions)
         return cursor.lastrowid
 
     def _insert_attacks(self, run_id: int, attacks: list[str]) -> None:
@@ -248,12 +279,21 @@ class ResultsStore(StoreViews):
             [(run_id, position, str(spec)) for position, spec in enumerate(attacks)],
         )
 
+    def _insert_corruptions(self, run_id: int, conditions: list[tuple[str, int]]) -> None:
+        self._db.executemany(
+            "INSERT INTO corruptions (run_id, position, corruption, severity) VALUES (?, ?, ?, ?)",
+            [(run_id, position, str(name), int(severity))
+             for position, (name, severity) in enumerate(conditions)],
+        )
+
     def _replace_record(self, run_id: int, record: RunRecord) -> None:
         values = _record_values(record)
         assignments = ", ".join(f"{column} = ?" for column in values)
         self._db.execute(f"UPDATE runs SET {assignments} WHERE id = ?", (*values.values(), run_id))
         self._db.execute("DELETE FROM attacks WHERE run_id = ?", (run_id,))
+        self._db.execute("DELETE FROM corruptions WHERE run_id = ?", (run_id,))
         self._insert_attacks(run_id, record.attacks)
+        self._insert_corruptions(run_id, record.corruptions)
 
     def _check_resume(self, key: str, stored: RunRecord, wanted: RunRecord) -> None:
         for name, old, new in zip(_IDENTITY_FIELDS, _identity(stored), _identity(wanted), strict=True):
@@ -336,12 +376,13 @@ class ResultsStore(StoreViews):
             return self._record(run_id)
 
     def _record(self, run_id: int) -> RunRecord:
-        names = [f.name for f in fields(RunRecord) if f.name != "attacks"]
+        names = [f.name for f in fields(RunRecord) if f.name not in ("attacks", "corruptions")]
         row = self._db.execute(f"SELECT {', '.join(names)} FROM runs WHERE id = ?", (run_id,)).fetchone()
         values = dict(zip(names, row, strict=True))
         for key in ("config", "versions"):
             values[key] = stored_json(values[key], self.path, f"the {key} of run {run_id}")
-        return RunRecord(**values, attacks=self.attacks(run_id))
+        return RunRecord(**values, attacks=self.attacks(run_id),
+                         corruptions=self.corruption_conditions(run_id))
 
     # -- batches ------------------------------------------------------------------------------
 
@@ -354,19 +395,23 @@ class ResultsStore(StoreViews):
     def write_batch(self, run_id: int, batch_index: int, samples: list[SampleRow],
                     outcomes: list[OutcomeRow], seconds: dict[int, float],
                     passes: dict[int, Passes] | None = None, clean: Passes | None = None,
-                    notes: dict[int, dict] | None = None) -> None:
+                    notes: dict[int, dict] | None = None,
+                    corruptions: CorruptionBatch | None = None) -> None:
         """Commit one batch in one transaction: samples, outcomes, seconds, passes and notes per
-        attack position, the clean pass's passes, marker.
+        attack position, the clean pass's passes, the corruption outcomes, marker.
 
         Writing a batch that is already committed replaces it. Every sample needs exactly one
-        outcome per attack of the suite; a batch that breaks this is a ValueError and nothing is
-        written. Passes left out are stored as unknown (NULL).
+        outcome per attack of the suite and one corruption outcome per corruption condition of the
+        run; a batch that breaks this is a ValueError and nothing is written. Passes left out are
+        stored as unknown (NULL).
         """
         batch_index = int(batch_index)
+        corruptions = corruptions or CorruptionBatch()
         with self._write() as db:
             run_id = self._require_run(run_id)
             positions = len(self.attacks(run_id))
             _check_batch(batch_index, samples, outcomes, seconds, positions)
+            _check_corruptions(batch_index, samples, corruptions, len(self.corruption_conditions(run_id)))
             if passes and set(passes) - set(seconds):
                 raise ValueError(f"batch {batch_index} has passes for a position without seconds")
             db.execute("DELETE FROM batches WHERE run_id = ? AND batch_index = ?", (run_id, batch_index))
@@ -378,6 +423,7 @@ class ResultsStore(StoreViews):
             try:
                 self._insert_batch_rows(run_id, batch_index, samples, outcomes, seconds, passes or {},
                                         notes or {})
+                self._insert_corruption_rows(run_id, batch_index, corruptions)
             except sqlite3.IntegrityError as err:
                 message = f"batch {batch_index} of run {run_id} conflicts with stored rows: {err}"
                 raise ValueError(message) from err
@@ -405,6 +451,31 @@ class ResultsStore(StoreViews):
         )
 
 
+    def _insert_corruption_rows(self, run_id: int, batch_index: int, batch: CorruptionBatch) -> None:
+        self._db.executemany(
+            "INSERT INTO corruption_outcomes (run_id, sample_index, position, prediction, margin) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(run_id, int(row.index), int(row.position), int(row.prediction), _opt(float, row.margin))
+             for row in batch.rows],
+        )
+        self._db.executemany(
+            "INSERT INTO corruption_seconds (run_id, batch_index, position, seconds, forward_passes, "
+            "backward_passes) VALUES (?, ?, ?, ?, ?, ?)",
+            [(run_id, batch_index, int(position), float(value), *_pass_values(batch.passes.get(position)))
+             for position, value in batch.seconds.items()],
+        )
+
+
+@dataclass
+class CorruptionBatch:
+    """The corruption results of one batch: a row per (sample, condition), and each condition's
+    seconds and image-passes on the batch."""
+
+    rows: list[CorruptionRow] = field(default_factory=list)
+    seconds: dict[int, float] = field(default_factory=dict)
+    passes: dict[int, Passes] = field(default_factory=dict)
+
+
 def _pass_values(passes: Passes | None) -> tuple[int | None, int | None]:
     """(forward, backward) as plain ints for the database; (None, None) when not recorded."""
     return (None, None) if passes is None else (int(passes.forward), int(passes.backward))
@@ -413,7 +484,7 @@ def _pass_values(passes: Passes | None) -> tuple[int | None, int | None]:
 def _record_values(record: RunRecord) -> dict[str, Any]:
     """Column values of `record` for the runs table: JSON for dicts, plain numbers and strings."""
     values = {name: None if value is None else str(value) for name, value in asdict(record).items()}
-    del values["attacks"]
+    del values["attacks"], values["corruptions"]
     values.update(config=_dumps(record.config), versions=_dumps(record.versions), n=int(record.n),
                   eps=float(record.eps), seed=int(record.seed), batch_size=int(record.batch_size))
     return values
@@ -422,11 +493,12 @@ def _record_values(record: RunRecord) -> dict[str, Any]:
 def _identity(record: RunRecord) -> tuple:
     """The `_IDENTITY_FIELDS` of `record` as plain Python values, for comparison."""
     return (str(record.dataset), int(record.n), float(record.eps), str(record.norm), int(record.seed),
-            int(record.batch_size), str(record.mode), [str(spec) for spec in record.attacks])
+            int(record.batch_size), str(record.mode), [str(spec) for spec in record.attacks],
+            [(str(name), int(severity)) for name, severity in record.corruptions])
 
 
 def _check_record(record: RunRecord) -> None:
-    """Reject suites the views could not tell apart and unknown modes."""
+    """Reject suites the views could not tell apart, repeated corruption conditions, unknown modes."""
     if record.mode not in MODES:
         raise RobevalError(f"unknown evaluation mode {record.mode!r}: use one of {', '.join(MODES)}")
     specs = [str(spec) for spec in record.attacks]
@@ -436,6 +508,10 @@ def _check_record(record: RunRecord) -> None:
                 f"attack suite lists {spec!r} twice or uses a reserved name ({', '.join(RESERVED_ROWS)}): "
                 "give each attack a distinct spec"
             )
+    conditions = [(str(name), int(severity)) for name, severity in record.corruptions]
+    if len(set(conditions)) != len(conditions) or any(not 1 <= s <= 5 for _, s in conditions):
+        raise RobevalError("corruption conditions repeat or have a severity outside 1..5: list each "
+                           "(type, severity) once")
 
 
 def _check_batch(batch_index: int, samples: list[SampleRow], outcomes: list[OutcomeRow],
@@ -456,3 +532,18 @@ def _check_batch(batch_index: int, samples: list[SampleRow], outcomes: list[Outc
         raise ValueError(f"batch {batch_index} has outcomes {sorted(bad)}; allowed: {', '.join(OUTCOMES)}")
     if any(not 0 <= int(position) < positions for position in seconds):
         raise ValueError(f"batch {batch_index} has seconds for a position outside 0..{positions - 1}")
+
+
+def _check_corruptions(batch_index: int, samples: list[SampleRow], batch: CorruptionBatch,
+                       conditions: int) -> None:
+    """ValueError unless every sample has exactly one corruption outcome per condition."""
+    expected = {(int(sample.index), position) for sample in samples for position in range(conditions)}
+    got = [(int(row.index), int(row.position)) for row in batch.rows]
+    if len(got) != len(set(got)) or set(got) != expected:
+        raise ValueError(
+            f"batch {batch_index} needs exactly one corruption outcome per sample and condition "
+            f"({len(samples)} x {conditions}), got {len(got)} that do not match"
+        )
+    if any(not 0 <= int(position) < conditions for position in (*batch.seconds, *batch.passes)):
+        raise ValueError(f"batch {batch_index} has corruption seconds or passes for a condition outside "
+                         f"0..{conditions - 1}")

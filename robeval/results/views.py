@@ -25,8 +25,8 @@ class StoreViews:
         ``started_at``/``finished_at`` are UTC timestamps (NaT while running); ``batches`` and
         ``samples`` count what is committed; ``forward_passes``, ``backward_passes`` and
         ``passes_per_image`` are the image-passes of all its attacks over committed batches (not
-        the clean pass; NaN where a batch did not record them, as in the 'worst case' row of
-        `summary`).
+        the clean pass nor the corruptions; NaN where a batch did not record them, as in the
+        'worst case' row of `summary`); ``corruptions`` lists its (type, severity) conditions.
         """
         with self._read() as db:
             frame = pd.read_sql_query(
@@ -42,6 +42,8 @@ class StoreViews:
                 db,
             )
             attacks = pd.read_sql_query("SELECT run_id, spec FROM attacks ORDER BY run_id, position", db)
+            conditions = pd.read_sql_query("SELECT run_id, corruption, severity FROM corruptions "
+                                           "ORDER BY run_id, position", db)
         suites = attacks.groupby("run_id")["spec"].agg(list)
         suite_column = pd.Series([suites.get(run_id, []) for run_id in frame["id"]], index=frame.index,
                                  dtype=object)
@@ -55,6 +57,10 @@ class StoreViews:
         frame = frame.astype({**integers, "eps": float, "forward_passes": float, "backward_passes": float})
         frame["passes_per_image"] = ((frame["forward_passes"] + frame["backward_passes"])
                                      / frame["samples"].where(frame["samples"] > 0))
+        grid = {run_id: list(zip(group["corruption"], group["severity"].astype(int), strict=True))
+                for run_id, group in conditions.groupby("run_id")}
+        frame["corruptions"] = pd.Series([grid.get(run_id, []) for run_id in frame["id"]],
+                                         index=frame.index, dtype=object)
         return frame
 
     def outcomes(self, run_id: int) -> pd.DataFrame:
@@ -102,7 +108,9 @@ class StoreViews:
     def summary(self, run_id: int, confidence: float = 0.95) -> pd.DataFrame:
         """Accuracy per row with a Wilson score interval at `confidence`, over committed samples.
 
-        Rows (index 'attack'): 'clean', each attack spec in suite order, 'worst case'. Columns:
+        Rows (index 'attack'): 'clean', each attack spec in suite order, 'worst case' (left out
+        for a run without attacks, such as one of common corruptions only: with no adversary there
+        is no adversarial worst case; corruption results are in `corruption_summary`). Columns:
         accuracy, ci_low, ci_high, correct, n, seconds, forward_passes, backward_passes,
         passes_per_image. An attack row counts clean-correct samples with outcome 'robust' under
         that attack; in mode 'cascade' also under every earlier attack, so the row is the
@@ -123,7 +131,8 @@ class StoreViews:
         for position, spec in enumerate(record.attacks):
             rows.append((spec, int(robust[spec].sum()), seconds[position], passes[position]))
         total = (sum(forward for forward, _ in passes), sum(backward for _, backward in passes))
-        rows.append(("worst case", int(frame["robust"].sum()), float(sum(seconds)), total))
+        if record.attacks:
+            rows.append(("worst case", int(frame["robust"].sum()), float(sum(seconds)), total))
         return _summary_frame(rows, len(frame), confidence)
 
     def _seconds(self, run_id: int, positions: int) -> list[float]:
