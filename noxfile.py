@@ -133,10 +133,19 @@ def regress(session: nox.Session) -> None:
 
     The data folder is $ROBEVAL_CIFAR10_MINI, else ../shared/data/cifar10-mini beside the
     repository; arguments after `--` go to `robeval check` (e.g. `--update` after an intended change).
+    The runs are kept under .nox/regress/tmp/regress and rendered as the html leaderboard there.
     """
     install_robeval(session)
     default = Path(__file__).resolve().parent.parent / "shared" / "data" / "cifar10-mini"
     data_dir = os.environ.get("ROBEVAL_CIFAR10_MINI", str(default))
+    root = Path(session.create_tmp()) / "regress"
+    shutil.rmtree(root, ignore_errors=True)   # the check trains afresh under an empty root
     session.run("robeval", "check", "regress-mini", "--baseline",
                 "experiments/baselines/regress-mini.json", "--data-dir", data_dir, "--quiet",
-                *session.posargs)
+                "--root", str(root), *session.posargs)
+    # the regression store rendered as the leaderboard site, so every format is exercised on it
+    site = root / "site"
+    session.run("robeval", "report", "--db", str(root / "reports" / "regress-mini" / "robeval.sqlite"),
+                "--format", "html,md", "--out", str(site))
+    if not (site / "index.html").is_file():
+        session.error(f"robeval report --format html wrote no {site / 'index.html'}")
