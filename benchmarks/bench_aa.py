@@ -376,7 +376,7 @@ def report(rows: list[dict], args, device: torch.device) -> str:
             f"{fast_passes:.0f} ({r['fast_fwd']:.0f}+{r['fast_bwd']:.0f}) | {ratio:.1f}× | "
             f"{r['aa_s']:.0f} | {r['fast_s']:.0f} | {r['missed']} | {r['extra']} | "
             f"{verification(r, fast_passes)} | {r.get('gate', '?')} | {flag_cell(r)} |")
-    flags = "".join(f" --{flag}" for flag in ("quick",) if args.quick)
+    flags = "".join(f" --{flag}" for flag in ("quick",) if args.quick) + (f" --n {args.n}" if args.n else "")
     lines += ["", f"`python benchmarks/bench_aa.py --fast-suite '{args.fast_suite}'{flags} "
               f"--device {device.type}`; each row is the last measurement of that model, kept in "
               f"the cache's {ROWS_FILE} (`--models` re-measures the models named and keeps the other rows; "
