@@ -326,3 +326,16 @@ def test_the_corruptions_mean_averages_each_type_over_its_severities_then_the_ty
     assert corruptions_mean(data, 1) == pytest.approx((0.7 + 0.4) / 2)
     assert corruptions_mean(data, 3) is None
     assert corruptions_mean(SimpleNamespace(corruptions=frame.iloc[:0]), 1) is None
+
+
+def test_a_partial_corruptions_measurement_says_what_it_covers():
+    from robeval.report.leaderboard import corruptions_coverage
+
+    full = pd.DataFrame([{"run_id": 1, "corruption": f"c{t}", "severity": s, "accuracy": 0.5}
+                         for t in range(15) for s in range(1, 6)])
+    part = pd.DataFrame([{"run_id": 2, "corruption": c, "severity": s, "accuracy": 0.5}
+                         for c in ("fog", "snow") for s in (1, 5)])
+    data = SimpleNamespace(corruptions=pd.concat([full, part]))
+    assert corruptions_coverage(data, 1) is None
+    assert corruptions_coverage(data, 2) == "2 types × 2 severities"
+    assert corruptions_coverage(data, 3) is None

@@ -50,6 +50,14 @@ def _number_cell(value: float | None, shown: str | None = None) -> tuple[str, fl
     return (text(shown) if shown is not None else percent(value)), value
 
 
+def _corruptions_cell(entry: RunEntry) -> tuple[str, float | None]:
+    """The corruptions mean, with the types × severities it covers when not the full grid."""
+    shown, value = _number_cell(entry.corruptions)
+    if entry.corruptions_coverage and entry.corruptions is not None:
+        shown += f' <span class="muted">({text(entry.corruptions_coverage)})</span>'
+    return shown, value
+
+
 def _model_cell(entry: RunEntry) -> tuple[str, None]:
     link = f'<a href="{RUNS}/{run_folder(entry)}/index.html">{text(entry.model)}</a>'
     marker = f' <span class="badge unfinished">{text(entry.unfinished)}</span>' if entry.unfinished else ""
@@ -103,8 +111,8 @@ def columns(entries: list[RunEntry]) -> list[Column]:
         *(_metric_column(spec, spec) for spec in attacks),
         _metric_column("worst case", "worst case"),
         Column("AutoAttack", True, _autoattack_cell),
-        Column("corruptions", True, lambda e: _number_cell(e.corruptions),
-               "mean accuracy over the suite's corruptions"),
+        Column("corruptions", True, _corruptions_cell,
+               "mean accuracy over the suite's corruptions (with the part measured when not all)"),
         Column("passes/img", True, _passes_cell, "image-passes per test image, all attacks together"),
         Column("flags", True, _flags_cell, "gradient-masking checks that raised a flag"),
         Column("provenance", False, _provenance_cell,
@@ -172,7 +180,9 @@ LEADERBOARD_NOTE = (
     "columns: robust accuracy under that attack (in cascade mode, under it and every earlier "
     "attack of the suite); worst case: robust under every attack of the suite. AutoAttack: the "
     "suite's AutoAttack (aa or aa-fast) and its accuracy. Corruptions: mean accuracy over the "
-    "suite's corruptions, — where none were run. Passes/img: image-passes through the model per "
+    "suite's corruptions, with the types × severities measured when not all 15 × 5 (such a mean "
+    "is not comparable with a full one), — where none were run. Passes/img: image-passes through "
+    "the model per "
     "test image, all attacks together. Flags: the gradient-masking checks that raised a flag (see "
     "each run's page). Provenance: checkpoint sha256, git commit and robeval version. Click a "
     "column header to sort; type to filter.")

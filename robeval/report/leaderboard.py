@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from robeval.attacks.corruptions import CORRUPTIONS, SEVERITIES
 from robeval.data import dataset_info
 from robeval.errors import RobevalError
 from robeval.report.collect import ReportData, per_class
@@ -67,6 +68,7 @@ class RunEntry:
     run: Any                       # the store's row of the run (`ResultsStore.runs`)
     history: str | None            # history.jsonl of the training run, when it exists
     corruptions: float | None = None   # mean accuracy under common corruptions, when measured
+    corruptions_coverage: str | None = None   # `types × severities` when not all were measured
     class_names: tuple[str, ...] = ()
     per_class: pd.DataFrame | None = None              # class, clean, robust (finished runs)
     eps_curve: pd.DataFrame = field(default_factory=pd.DataFrame)   # label, activation_name, eps, accuracy
@@ -110,6 +112,19 @@ def corruptions_mean(data: ReportData, run_id: int) -> float | None:
         return None
     value = float(rows.groupby("corruption", sort=False)["accuracy"].mean().mean())
     return None if math.isnan(value) else value
+
+
+def corruptions_coverage(data: ReportData, run_id: int) -> str | None:
+    """`types × severities` of a run that measured only part of the 15 types × 5 severities (its
+    mean is then not comparable with a full one); None for a full or absent measurement."""
+    frame = getattr(data, "corruptions", None)
+    rows = None if frame is None or frame.empty else frame[frame["run_id"] == run_id]
+    if rows is None or rows.empty:
+        return None
+    types, severities = rows["corruption"].nunique(), rows["severity"].nunique()
+    if types >= len(CORRUPTIONS.names()) and severities >= len(SEVERITIES):
+        return None
+    return f"{types} type{'s' * (types != 1)} × {severities} severit{'ies' if severities != 1 else 'y'}"
 
 
 def _metrics(store: ResultsStore, run_id: int) -> dict[str, Metric]:
@@ -195,6 +210,7 @@ def _entry(row: pd.Series, label: str, run, store: ResultsStore, data: ReportDat
         setup=_setup(run), training=_training(row), provenance=_provenance(run, store),
         config=dict(run.config or {}), run=run, history=_text(row.get("history")),
         corruptions=None if marker else corruptions_mean(data, run_id),
+        corruptions_coverage=None if marker else corruptions_coverage(data, run_id),
         class_names=tuple(classes), per_class=None if marker else per_class(store, run_id))
 
 
