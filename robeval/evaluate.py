@@ -132,10 +132,11 @@ def resolve(config: EvalConfig, source: ModelSource) -> ResolvedEval:
     config = validated(config)
     check_mode(config.mode)
     dataset = config.dataset or source.dataset or "cifar10"
-    eps = parse_eps(config.eps) if config.eps is not None else source.eps
-    if eps is None:
-        raise RobevalError(f"{source.name} does not record its ε: pass --eps (e.g. 8/255)")
     norm = NORMS.resolve((config.norm or source.norm or "linf").lower())
+    eps = parse_eps(config.eps) if config.eps is not None else source.eps
+    if eps is None and adversarial(config.suite, norm):
+        raise RobevalError(f"{source.name} does not record its ε: pass --eps (e.g. 8/255)")
+    eps = 0.0 if eps is None else eps   # common corruptions alone: no adversarial radius
     check_batch_size(config.batch_size)
     classes = dataset_info(dataset).num_classes
     if classes != source.num_classes:
@@ -146,6 +147,12 @@ def resolve(config: EvalConfig, source: ModelSource) -> ResolvedEval:
         raise RobevalError("--n must be at least 1")
     return ResolvedEval(config.suite, eps, norm, n, config.seed, config.mode, dataset,
                         config.data_dir)
+
+
+def adversarial(suite: str, norm: str) -> bool:
+    """Whether `suite` holds an attack (a suite of common corruptions alone needs no ε)."""
+    attacks, _ = split_suite_items(parse_suite(suite, ThreatModel(8 / 255, norm)))
+    return bool(attacks)
 
 
 def check_mode(mode: str) -> None:

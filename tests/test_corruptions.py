@@ -536,3 +536,18 @@ def test_corruptions_on_cuda_match_the_cpu(digit_images):
             # the same draws; float rounding may move a value across an 8-bit level (twice in glass
             # blur, which truncates to 8 bits in the middle)
             assert float(difference.max()) <= 2 / 255 + 1e-6 and float(difference.mean()) < 1e-3, name
+
+
+def test_a_model_without_a_recorded_eps_needs_one_only_for_attacks(tmp_path, capsys, cifar10_mini_dir):
+    """A plain state_dict records no ε: common corruptions alone run without one, attacks ask for it."""
+    from robeval.models import build_model
+
+    torch.manual_seed(0)
+    path = tmp_path / "weights.pt"
+    torch.save(build_model("cnn-small").state_dict(), path)
+    common = ["attack", str(path), "--arch", "cnn-small", "--dataset", "cifar10", "--data-dir",
+              str(cifar10_mini_dir), "--n", "8", "--db", str(tmp_path / "r.sqlite"), "--no-checks"]
+    assert main([*common, "--suite", "corruptions(types=fog,severities=1)"]) == 0
+    assert "corruption accuracy:" in capsys.readouterr().out
+    assert main([*common, "--suite", "fgsm"]) == 2
+    assert "does not record its ε: pass --eps" in capsys.readouterr().err
