@@ -76,6 +76,9 @@ REPRODUCED, CONTRADICTED, INCONCLUSIVE = "reproduced", "contradicted", "inconclu
 SMALLER = "smaller than published at this scale"
 VERDICTS = (REPRODUCED, SMALLER, CONTRADICTED, INCONCLUSIVE)   # the order reports count them in
 MIN_SEEDS = 2
+REPORTED_SEEDS = 5          # the fewest seeds a reproduction study reports
+TARGET_HALF_WIDTH = 2.5     # points: the half-width a headline finding's interval is run down to
+MOST_SEEDS = 100
 # Two-sided 95% Student t quantiles by degrees of freedom; the normal 1.96 beyond the table.
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
          10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -105,6 +108,8 @@ class Measured:
     n: int
     paired: bool
     verdict: str
+    seed_sd: float | None = None     # spread of the per-seed differences (points), 2+ seeds
+    image_var: float | None = None   # the image term of SE² (points²)
 
 
 def _finding(item, where: str) -> Finding:
@@ -205,7 +210,23 @@ def measure(finding: Finding, better: Mapping[int, pd.Series], worse: Mapping[in
     half = quantile * math.sqrt(seed_var + image_var)
     low, high = delta - half, delta + half
     return Measured(delta, low, high, seeds, n, paired,
-                    verdict(low, high, len(seeds), finding.expect, finding.margin, published))
+                    verdict(low, high, len(seeds), finding.expect, finding.margin, published),
+                    math.sqrt(_variance(per_seed)) if len(seeds) > 1 else None, image_var)
+
+
+def seeds_for(measured: Measured, half_width: float = TARGET_HALF_WIDTH,
+              most: int = MOST_SEEDS) -> int | None:
+    """How many seeds make this finding's 95% interval at most ±`half_width` points, at the seed
+    spread and image term measured so far (at least `REPORTED_SEEDS`); None while fewer than two
+    seeds give no spread, `most + 1` when even `most` seeds would not (the image term alone is
+    too wide: more test images are needed, not more seeds)."""
+    if measured.seed_sd is None or measured.image_var is None:
+        return None
+    for seeds in range(REPORTED_SEEDS, most + 1):
+        half = t_quantile(seeds - 1) * math.sqrt(measured.seed_sd ** 2 / seeds + measured.image_var)
+        if half <= half_width:
+            return seeds
+    return most + 1
 
 
 def _variance(values: Sequence[float]) -> float:

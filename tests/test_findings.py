@@ -202,3 +202,27 @@ def test_findings_table_and_reproduction_count_the_smaller_verdict(tmp_path):
                 by_activation["relu"]: {s: {"robust": base} for s in range(2)}}
     row, = ex.finding_rows(experiment, measured)
     assert row["paper_delta"] == pytest.approx(9.3) and row["measured"].verdict == fd.SMALLER
+
+
+def test_seeds_for_the_target_width_follow_the_measured_spread():
+    def measured(seed_sd, image_var):
+        return fd.Measured(1.0, 0.0, 2.0, (0, 1, 2), 500, True, fd.INCONCLUSIVE, seed_sd, image_var)
+
+    # no spread yet (one seed): unknown
+    assert fd.seeds_for(fd.Measured(1.0, 0.0, 2.0, (0,), 500, True, fd.INCONCLUSIVE)) is None
+    # a tight spread needs only the reported minimum
+    assert fd.seeds_for(measured(1.0, 0.1)) == fd.REPORTED_SEEDS
+    # k seeds suffice exactly when t(k-1)·sqrt(s²/k + image) <= 2.5, and k-1 do not
+    k = fd.seeds_for(measured(6.0, 0.5))
+    half = lambda k: fd.t_quantile(k - 1) * np.sqrt(36 / k + 0.5)  # noqa: E731
+    assert half(k) <= 2.5 < half(k - 1)
+    # an image term alone wider than the target cannot be fixed by seeds
+    assert fd.seeds_for(measured(1.0, 4.0)) == fd.MOST_SEEDS + 1
+
+
+def test_the_findings_table_says_how_many_seeds_the_target_width_needs():
+    measured = fd.measure(HIGHER, {s: flags(0.45, seed=s) for s in range(3)},
+                          {s: flags(0.30, seed=9 + s) for s in range(3)})
+    table = tables.findings_table([{"finding": HIGHER, "paper_delta": 9.3, "measured": measured}])
+    cell = table.cells.loc["a beats b", "seeds for ±2.5"]
+    assert cell == str(fd.seeds_for(measured)) or cell.startswith("more than")

@@ -26,6 +26,7 @@ import pandas as pd
 
 from robeval.activations import SMOOTH_GRAD_MODES
 from robeval.errors import RobevalError
+from robeval.findings import MOST_SEEDS, REPORTED_SEEDS, TARGET_HALF_WIDTH, seeds_for
 from robeval.report.collect import TRICKS, ReportData, metric_order
 from robeval.results import corruption_table, mean_corruption_error
 
@@ -588,6 +589,14 @@ def _signed(value: float | None) -> str:
     return f"+{shown:.1f}" if shown >= 0 else f"{MINUS}{-shown:.1f}"
 
 
+def _seeds_needed(measured) -> str:
+    """`seeds_for` as a cell: a count, a dash without a spread yet, or a call for more images."""
+    needed = seeds_for(measured)
+    if needed is None:
+        return DASH
+    return f"more than {MOST_SEEDS} (more test images)" if needed > MOST_SEEDS else str(needed)
+
+
 def findings_table(rows: list[dict]) -> Table:
     """Per finding: the paper's difference, ours with its 95% interval, and the verdict.
 
@@ -612,6 +621,7 @@ def findings_table(rows: list[dict]) -> Table:
             "seeds × images": f"{len(ours.seeds)} × {ours.n}" + (" unpaired" if ours.seeds and not ours.paired
                                                                  else ""),
             "verdict": ours.verdict,
+            f"seeds for ±{number(TARGET_HALF_WIDTH)}": _seeds_needed(ours),
         }
     frame = pd.DataFrame.from_dict(body, orient="index").astype(object)
     frame.index.name = "finding"
@@ -623,7 +633,9 @@ def findings_table(rows: list[dict]) -> Table:
              "lies below half of it; reproduced when it lies above 0; else inconclusive at this scale. "
              "Verdict (≈): reproduced when the interval lies inside ± the margin, contradicted when "
              "it lies wholly outside it, else inconclusive. Always inconclusive with fewer than 2 "
-             "seeds. Each verdict is a one-sided decision at 2.5% error (see robeval/findings.py).")
+             "seeds. Each verdict is a one-sided decision at 2.5% error (see robeval/findings.py). "
+             f"Seeds for ±{number(TARGET_HALF_WIDTH)}: how many seeds would make the interval at most "
+             f"that wide at the spread measured so far (at least {REPORTED_SEEDS}).")
     return Table("Findings: the paper's difference, ours and a verdict", frame, bold, notes)
 
 
