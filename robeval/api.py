@@ -113,8 +113,7 @@ def attack_tensors(model: nn.Module, images: Tensor, labels: Tensor, *, eps: flo
     model and a hash of the tensors, so it resumes when called again with the same arguments.
     `checks` also runs the cheap gradient-masking checks on the first 200 images.
     """
-    if not isinstance(model, nn.Module):
-        raise RobevalError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_module(model)
     eps = parse_eps(eps)
     images, labels = checked_tensors(images, labels)
     check_mode(mode)
@@ -159,8 +158,7 @@ def print_flags(result: EvalResult, log: Callable[[str], None] = print) -> None:
 
 def python_source(model: nn.Module, name: str | None, dataset: str, eps: float, norm: str) -> ModelSource:
     """A `ModelSource` for an in-memory module, its class count checked against `dataset`."""
-    if not isinstance(model, nn.Module):
-        raise RobevalError(f"model must be a torch.nn.Module, not {type(model).__name__}")
+    check_module(model)
     info = dataset_info(dataset)
     probe = torch.zeros(1, info.channels, info.image_size, info.image_size)
     classes = output_classes(model, probe)
@@ -171,6 +169,12 @@ def python_source(model: nn.Module, name: str | None, dataset: str, eps: float, 
     return ModelSource(model=model, name=name or class_name(model), kind="python", checkpoint_hash=None,
                        num_classes=classes, dataset=info.name, eps=eps, norm=norm.lower(),
                        config=module_config(model, outputs), probe_fingerprint=outputs)
+
+
+def check_module(model: object) -> None:
+    """A one-line error for a model that is not a torch module (a function, a state_dict)."""
+    if not isinstance(model, nn.Module):
+        raise RobevalError(f"model must be a torch.nn.Module, not {type(model).__name__}")
 
 
 def output_classes(model: nn.Module, probe: Tensor) -> int:

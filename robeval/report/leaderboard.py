@@ -106,20 +106,24 @@ def corruptions_mean(data: ReportData, run_id: int) -> float | None:
     """Accuracy under common corruptions averaged over types and severities (each type's mean
     over its severities, then the mean over types, as RobustBench reports it), from the
     `corruptions` frame of the collected data; None for a run without corruptions."""
-    frame = getattr(data, "corruptions", None)
-    rows = None if frame is None or frame.empty else frame[frame["run_id"] == run_id]
-    if rows is None or rows.empty:
+    rows = _corruption_rows(data, run_id)
+    if rows.empty:
         return None
     value = float(rows.groupby("corruption", sort=False)["accuracy"].mean().mean())
     return None if math.isnan(value) else value
 
 
+def _corruption_rows(data: ReportData, run_id: int) -> pd.DataFrame:
+    """The run's rows of the collected `corruptions` frame (empty when it has none)."""
+    frame = getattr(data, "corruptions", None)
+    return pd.DataFrame() if frame is None or frame.empty else frame[frame["run_id"] == run_id]
+
+
 def corruptions_coverage(data: ReportData, run_id: int) -> str | None:
     """`types × severities` of a run that measured only part of the 15 types × 5 severities (its
     mean is then not comparable with a full one); None for a full or absent measurement."""
-    frame = getattr(data, "corruptions", None)
-    rows = None if frame is None or frame.empty else frame[frame["run_id"] == run_id]
-    if rows is None or rows.empty:
+    rows = _corruption_rows(data, run_id)
+    if rows.empty:
         return None
     types, severities = rows["corruption"].nunique(), rows["severity"].nunique()
     if types >= len(CORRUPTIONS.names()) and severities >= len(SEVERITIES):

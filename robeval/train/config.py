@@ -185,7 +185,7 @@ def _whole_number(name: str, value: Any) -> int:
 
 
 def _build(section: type, values: dict[str, Any]) -> Any:
-    return validated(section(**{k: _coerce(section, k, v) for k, v in values.items()}), option_name)
+    return section(**{k: _coerce(section, k, v) for k, v in values.items()})   # `validate` checks it
 
 
 def merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
