@@ -265,10 +265,10 @@ def test_points_left_standing_record_the_worst_example_found():
         logits = net(images)
     clean_margin = (logits.gather(1, labels[:, None]).squeeze(1)
                     - logits.scatter(1, labels[:, None], float("-inf")).amax(1))
-    clean = clean_margin[torch.as_tensor(standing["index"].to_numpy())]
-    attacked_margin = torch.as_tensor(standing["margin"].to_numpy(), dtype=torch.float32)
+    clean = clean_margin[torch.as_tensor(standing["index"].to_numpy(copy=True))]
+    attacked_margin = torch.as_tensor(standing["margin"].to_numpy(copy=True), dtype=torch.float32)
     assert (attacked_margin < clean - 1e-4).all()              # moved towards the boundary
-    assert (torch.as_tensor(standing["perturbation_norm"].to_numpy()) > 0).all()
+    assert (torch.as_tensor(standing["perturbation_norm"].to_numpy(copy=True)) > 0).all()
 
 
 # --- the gate is visible ---------------------------------------------------------------------
