@@ -301,6 +301,25 @@ def test_a_cell_folder_trained_under_other_settings_is_not_taken_as_finished(tmp
     assert not training_finished(tmp_path, config_from_dict({"epochs": 10}))
 
 
+def test_a_data_folder_named_another_way_is_the_same_setting(tmp_path, monkeypatch):
+    """`--data-dir ../data` and the same folder's absolute path name one run; another folder does not."""
+    import yaml
+
+    from robeval.experiments.run import FINISHED_MARKER, training_finished
+    from robeval.train.config import config_from_dict, config_to_dict
+
+    data, other, run = tmp_path / "data", tmp_path / "other", tmp_path / "work" / "run"
+    for folder in (data, other, run):
+        folder.mkdir(parents=True)
+    trained = config_from_dict({"data": {"dataset": "cifar10", "data_dir": str(data)}})
+    (run / "config.yaml").write_text(yaml.safe_dump(config_to_dict(trained)))
+    (run / FINISHED_MARKER).write_text("")
+    monkeypatch.chdir(tmp_path / "work")
+    named = lambda folder: config_from_dict({"data": {"dataset": "cifar10", "data_dir": folder}})  # noqa: E731
+    assert training_finished(run, named("../data"))
+    assert not training_finished(run, named("../other"))
+
+
 def test_the_time_left_is_estimated_from_the_cells_that_had_work():
     from robeval.experiments.run import time_left
 

@@ -112,7 +112,17 @@ def holds_run_of(out: Path, config: TrainConfig) -> bool:
     """Whether the run folder `out` was written for `config` (its config.yaml, with the defaults
     of settings added since, equals `config`)."""
     path = out / "config.yaml"
-    return path.is_file() and _normalised(_saved_config(path)) == config_to_dict(config)
+    return path.is_file() and _same_data_folder(_normalised(_saved_config(path))) == \
+        _same_data_folder(config_to_dict(config))
+
+
+def _same_data_folder(settings: dict | None) -> dict | None:
+    """`settings` with its data folder as the folder it names, so that `../data` and the same
+    folder's absolute path are one setting (moving the data still makes another run)."""
+    if settings is None or not settings["data"].get("data_dir"):
+        return settings
+    folder = str(Path(settings["data"]["data_dir"]).expanduser().resolve())
+    return {**settings, "data": {**settings["data"], "data_dir": folder}}
 
 
 def _saved_config(path: Path) -> dict:
