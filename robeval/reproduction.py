@@ -84,10 +84,11 @@ def _figure(experiment: ex.Experiment, results: list[ex.CellResult], root: Path,
     name = f"{experiment.name}-gradient-quality.png"
     out.mkdir(parents=True, exist_ok=True)
     figure.savefig(out / name, dpi=120, metadata={"Software": None})
-    lines = [f"![R(x, δ_FGSM) and ‖∇ₓL‖₁ per epoch]({out.name}/{name})", "",
-             "*Linearisation error R(x, δ_FGSM) and input-gradient norm ‖∇ₓL‖₁ per epoch on a fixed batch "
-             "of training images, one line per finished run; a cross marks an epoch flagged as "
-             "catastrophic overfitting.*", "", "| run | epochs | R first → last | ‖∇ₓL‖₁ first → last | "
+    lines = [f"![R(x, δ_FGSM), ‖∇ₓL‖₁ and FGSM and PGD-10 accuracy per epoch]({out.name}/{name})", "",
+             "*Linearisation error R(x, δ_FGSM), input-gradient norm ‖∇ₓL‖₁ and FGSM and PGD-10 "
+             "accuracy per epoch on a fixed batch of training images, one line per finished run; a "
+             "cross marks an epoch flagged as catastrophic overfitting.*", "",
+             "| run | epochs | R first → last | ‖∇ₓL‖₁ first → last | "
              "PGD-10 acc. on the batch, best → last | flagged |", "|:--|--:|--:|--:|--:|:--|"]
     for label, (_, rows) in histories.items():
         if not rows or "diag_R_fgsm_mean" not in rows[0]:

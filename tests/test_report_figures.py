@@ -152,6 +152,33 @@ def test_gradient_quality_curves_plot_the_diagnostics_and_mark_collapse():
     np.testing.assert_allclose(median.axes[0].lines[0].get_ydata(), [r["diag_R_fgsm_median"] for r in relu])
 
 
+def test_gradient_quality_curves_add_the_batch_accuracies_in_percent_where_recorded():
+    rows = history(collapse_from=4)
+    for row in rows:
+        row.update({"diag_fgsm_acc": 0.5, "diag_pgd10_acc": 0.5 / row["epoch"]})
+    fig = figures.gradient_quality_curves({"relu": ("relu", rows), "gelu": ("gelu", history())})
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[2:] == ["FGSM accuracy (diagnostics batch)", "PGD-10 accuracy (diagnostics batch)"]
+    fgsm, pgd = fig.axes[2], fig.axes[3]
+    assert len(fgsm.lines) == len(pgd.lines) == 2 and pgd.get_ylabel() == "accuracy (%)"
+    np.testing.assert_allclose(pgd.lines[0].get_ydata(), [50 / r["epoch"] for r in rows])
+    assert np.isnan(pgd.lines[1].get_ydata()).all()     # the run that did not record it
+
+
+def test_gradient_norms_on_a_log_axis_read_as_plain_numbers_and_the_legend_fits():
+    runs = {f"activation={name},seed={seed}": (name, history(epochs=30, scale=seed + 1.0))
+            for name in ("relu", "gelu") for seed in range(5)}
+    fig = figures.gradient_quality_curves(runs)
+    FigureCanvasAgg(fig).draw()
+    grad_axis = fig.axes[1]
+    assert grad_axis.get_yscale() == "log"
+    ticks = [t.get_text() for t in grad_axis.get_yticklabels() if t.get_text()]
+    assert ticks and not any("$" in t or "mathdefault" in t for t in ticks)
+    legend = fig.legends[0].get_window_extent()
+    page = fig.bbox
+    assert legend.x0 >= page.x0 - 1 and legend.x1 <= page.x1 + 1
+
+
 def test_robustness_vs_eps_shows_linf_radii_in_units_of_one_over_255():
     points = pd.DataFrame({"label": ["a", "a", "a", "b", "b"],
                            "activation_name": ["relu"] * 3 + ["gelu"] * 2,

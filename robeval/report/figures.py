@@ -24,6 +24,7 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.text import Text
+from matplotlib.ticker import FuncFormatter, NullFormatter
 
 from robeval.activations import ACTIVATIONS, get_activation
 from robeval.attacks.steps import get_norm
@@ -155,11 +156,19 @@ def _figure(ncols: int, nrows: int = 1, width: float = WIDTH,
     return fig, list(axes.ravel())
 
 
+# legend text per inch of figure width, a little under what the default font fits, so that the
+# columns chosen for the longest label stay inside the figure
+LEGEND_CHARS_PER_INCH = 13
+
+
 def _legend(fig: Figure, axes: Sequence[Axes], n: int, extra: Sequence = ()) -> None:
-    """One legend for the figure, below the panels, from the first axes' labelled lines."""
+    """One legend for the figure, below the panels, from the first axes' labelled lines; as many
+    columns (at most 4) as the longest label leaves room for in the figure's width."""
     handles, labels = axes[0].get_legend_handles_labels()
     handles, labels = [*handles, *extra], [*labels, *(h.get_label() for h in extra)]
-    fig.legend(handles, labels, loc="outside lower center", ncols=min(max(n, 1), 4))
+    longest = max((len(label) for label in labels), default=1) + 5   # + the line sample
+    fits = int(fig.get_figwidth() * LEGEND_CHARS_PER_INCH // longest)
+    fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(n, 4, fits)))
 
 
 def _values(rows: Sequence[dict], key: str, scale: float = 1.0) -> np.ndarray:
@@ -250,6 +259,12 @@ def training_curves(histories: Histories, colors: Mapping[str, str] | None = Non
     return fig
 
 
+# the accuracy under FGSM and PGD-10 on the diagnostics batch, where the history records them:
+# catastrophic overfitting shows as PGD-10 accuracy falling while FGSM accuracy holds
+BATCH_ACCURACY_PANELS = (("diag_fgsm_acc", "FGSM accuracy (diagnostics batch)"),
+                         ("diag_pgd10_acc", "PGD-10 accuracy (diagnostics batch)"))
+
+
 def _has_diagnostics(rows: Sequence[dict]) -> bool:
     return any(row.get("diag_R_fgsm_mean") is not None or row.get("diag_grad_l1_mean") is not None
                for row in rows)
@@ -263,7 +278,8 @@ def _collapse_marker() -> Line2D:
 @styled
 def gradient_quality_curves(histories: Histories, colors: Mapping[str, str] | None = None,
                             statistic: str = "mean") -> Figure:
-    """R(x, δ_FGSM) and ‖∇ₓL‖₁ on the fixed diagnostics batch per epoch, one line per run.
+    """R(x, δ_FGSM) and ‖∇ₓL‖₁ on the fixed diagnostics batch per epoch, one line per run, and
+    below them FGSM and PGD-10 accuracy on that batch where the histories record them.
 
     Epochs flagged as catastrophic overfitting (`collapse`) are marked with a cross. Runs
     without diagnostics are left out; `statistic` is 'mean' or 'median'.
@@ -273,13 +289,17 @@ def gradient_quality_curves(histories: Histories, colors: Mapping[str, str] | No
     if not runs:
         raise RobevalError("gradient_quality_curves: no run has gradient diagnostics "
                            "(train with --diagnostics-batch N)")
-    fig, axes = _figure(2)
+    accuracy = [(key, 100.0, ACCURACY_LABEL, title) for key, title in BATCH_ACCURACY_PANELS
+                if any(row.get(key) is not None for _, rows in runs.values() for row in rows)]
+    panels = [(f"diag_R_fgsm_{statistic}", 1.0, R_FGSM_LABEL, "linearisation error"),
+              (f"diag_grad_l1_{statistic}", 1.0, GRAD_L1_LABEL, "input-gradient norm"), *accuracy]
+    fig, axes = _figure(2, nrows=(len(panels) + 1) // 2)
     styles = line_styles([(label, spec) for label, (spec, _) in runs.items()], colors)
-    panels = ((f"diag_R_fgsm_{statistic}", R_FGSM_LABEL, "linearisation error"),
-              (f"diag_grad_l1_{statistic}", GRAD_L1_LABEL, "input-gradient norm"))
-    for ax, (key, ylabel, title) in zip(axes, panels, strict=True):
+    for ax in axes[len(panels):]:
+        ax.remove()
+    for ax, (key, scale, ylabel, title) in zip(axes, panels, strict=False):
         for label, (_, rows) in runs.items():
-            _plot_with_collapse(ax, rows, key, label, styles[label])
+            _plot_with_collapse(ax, rows, key, label, styles[label], scale)
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     _log_if_positive(axes[1])
     collapsed = any(row.get("collapse") for _, rows in runs.values() for row in rows)
@@ -287,8 +307,9 @@ def gradient_quality_curves(histories: Histories, colors: Mapping[str, str] | No
     return fig
 
 
-def _plot_with_collapse(ax: Axes, rows: Sequence[dict], key: str, label: str, style: dict) -> None:
-    epochs, values = _values(rows, "epoch"), _values(rows, key)
+def _plot_with_collapse(ax: Axes, rows: Sequence[dict], key: str, label: str, style: dict,
+                        scale: float = 1.0) -> None:
+    epochs, values = _values(rows, "epoch"), _values(rows, key, scale)
     ax.plot(epochs, values, label=label, **style)
     flagged = np.array([bool(row.get("collapse")) for row in rows])
     if flagged.any():
@@ -301,6 +322,9 @@ def _log_if_positive(ax: Axes) -> None:
     data = data[np.isfinite(data)]
     if data.size and (data > 0).all() and data.max() / data.min() > 20:
         ax.set_yscale("log")
+        # plain numbers: the default labels are mathtext, which every figure leaves unparsed
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 @styled
