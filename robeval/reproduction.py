@@ -6,9 +6,12 @@ reads every `-mini` study file (or the studies named), finds each cell's finishe
 evaluation under `--root` (checkpoints/<study>/<cell> and reports/<study>/robeval.sqlite, as
 `robeval run` writes them), and writes one Markdown file: per study, what differs from the
 paper, which cells and seeds are missing, the published rows beside ours and the findings
-with their verdicts (rule: robeval.findings). Nothing is trained or evaluated here, and a cell
-whose training or evaluation has not finished contributes no number. Figures of per-epoch
-gradient diagnostics are written next to the file for studies whose runs record them.
+with their verdicts (rule: robeval.findings). A cell whose training or evaluation has not
+finished contributes no number. Figures of per-epoch gradient diagnostics are written next to
+the file for studies whose runs record them. Nothing is trained or evaluated unless `--run` is
+given: then each study's missing cells are trained and evaluated first, as `robeval run` does
+(resumable cell by cell, with progress and the time left), so one command does the whole
+reproduction.
 """
 
 from __future__ import annotations
@@ -179,8 +182,9 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
             "evaluation), one study at a time. Runs of an earlier protocol share the cells' folder "
             "names and must be removed before a study is run under this one.", "",
             "The runs come from `robeval run <study> --data-dir <cifar10-mini folder>` for each study "
-            "below; `robeval run` continues where it stopped, so running it again fills the missing "
-            "cells and seeds, and this file is then regenerated with the command above.", "",
+            "below, or from the command above with `--run`, which runs every study's missing cells "
+            "before writing this file; both continue where they stopped, so running again fills the "
+            "missing cells and seeds.", "",
             f"Runs finished (trained and evaluated): {finished} of {total}; each study lists the "
             f"ones missing. Their training and evaluation took {spent / 3600:.1f} h summed (wall "
             "clock of each run, whatever else the machine was running).", "",
@@ -191,6 +195,15 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
     return text
 
 
+def run_studies(paths: list[Path], root: Path, data_dir: str | None, progress: bool = True) -> None:
+    """Train and evaluate every study's missing cells under `root`, one study after the other
+    (`robeval run` on each: finished cells are kept, an interrupted one resumes)."""
+    for index, path in enumerate(paths, 1):
+        experiment = ex.load_experiment(path, data_dir=data_dir)
+        print(f"study {index}/{len(paths)}: {experiment.name}", flush=True)
+        ex.run_experiment(experiment, root, progress=progress, log=print)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: see the module docstring."""
     parser = argparse.ArgumentParser(prog="python -m robeval.reproduction",
@@ -199,12 +212,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", default=".", help="folder holding checkpoints/ and reports/")
     parser.add_argument("--data-dir", default=None, help="the data folder the runs were given")
     parser.add_argument("--out", default="docs/reproduction.md")
+    parser.add_argument("--run", action="store_true",
+                        help="first train and evaluate what each study is missing (as robeval run "
+                             "does: resumable, cell by cell), then write the document")
+    parser.add_argument("--quiet", action="store_true", help="with --run: no progress bars")
     args = parser.parse_args(argv)
     paths = [ex.find_experiment(s) for s in args.studies] or mini_studies()
     options = ([f"--root {args.root}"] if args.root != "." else []) + (
         [f"--data-dir {args.data_dir}"] if args.data_dir else []) + [f"--out {args.out}"]
     command = "python -m robeval.reproduction " + " ".join(options + list(args.studies))
     try:
+        if args.run:
+            run_studies(paths, Path(args.root), args.data_dir, progress=not args.quiet)
         build(paths, Path(args.root), args.data_dir, Path(args.out), command)
     except RobevalError as err:
         print(f"error: {err}")

@@ -287,6 +287,24 @@ def test_reproduction_shows_finished_cells_and_names_the_missing(finished_run, t
     assert re.search(rf"\| activation=relu +\| +68\.8 \| +33\.0 \| +{clean} \|", text)
 
 
+def test_reproduction_run_fills_the_missing_seeds_then_writes_the_document(finished_run, tmp_path, capsys):
+    import shutil
+
+    from robeval import reproduction
+
+    _, trained_root, _, _ = finished_run
+    root = tmp_path / "root"
+    shutil.copytree(trained_root, root)
+    kept = root / "checkpoints" / "tiny" / "activation=relu,seed=0" / "best.pt"
+    stamp = kept.stat().st_mtime_ns
+    path = write(tmp_path, {**TINY, "seeds": [0, 1]})
+    out = tmp_path / "reproduction.md"
+    assert reproduction.main([str(path), "--run", "--quiet", "--root", str(root), "--out", str(out)]) == 0
+    assert "study 1/1: tiny" in capsys.readouterr().out
+    assert "cells finished**: 4 of 4 (seeds 0, 1)" in out.read_text()
+    assert kept.stat().st_mtime_ns == stamp          # seed 0 was not trained again
+
+
 def test_a_cell_folder_trained_under_other_settings_is_not_taken_as_finished(tmp_path):
     """A study file changed after a cell trained (say, more epochs) must not reuse the old model."""
     import yaml
