@@ -176,8 +176,9 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
             "best epoch; the smoothness studies train a fixed budget and evaluate the last epoch, "
             "since catastrophic overfitting is about where training ends, and Figure 1's study "
             "trains 30 epochs of FGSM without random start at eps 16/255, a regime chosen so that "
-            "ReLU can overfit catastrophically at this scale. The epoch budgets (and that regime) "
-            "are to be confirmed from the first seed's learning curves. Estimated cost at five seeds "
+            "ReLU can overfit catastrophically at this scale. The epoch budgets and that regime "
+            "were checked against the measured learning curves (docs/design.md, *Epoch "
+            "budget*). Estimated cost at five seeds "
             "and the full budgets: about 4.0 CPU-hours on 2 cores (3.1 h training, 0.9 h "
             "evaluation), one study at a time. Runs of an earlier protocol share the cells' folder "
             "names and must be removed before a study is run under this one.", "",
