@@ -174,6 +174,17 @@ def test_dry_run_lists_todo_and_writes_nothing(tmp_path):
     assert not (tmp_path / "root").exists()
 
 
+def test_cells_run_seed_by_seed_so_a_stopped_study_stays_paired(tmp_path):
+    from robeval.experiments.run import run_order
+
+    experiment = ex.load_experiment(write(tmp_path, {**TINY, "seeds": [3, 0, 1]}))
+    listed = ex.cells(experiment)
+    assert [c.seed for c in listed] == [3, 0, 1, 3, 0, 1]   # setting by setting
+    ordered = run_order(experiment, listed)
+    assert [c.seed for c in ordered] == [3, 3, 0, 0, 1, 1]
+    assert [c.name for c in ordered[:2]] == [listed[0].name, listed[3].name]
+
+
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """The tiny experiment run once, end to end."""

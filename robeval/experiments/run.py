@@ -119,6 +119,13 @@ def time_left(worked: list[float], cells_left: int) -> str:
     return f", about {minutes:.0f} min to go" if minutes >= 1 else ", under a minute to go"
 
 
+def run_order(experiment: Experiment, todo: list[Cell]) -> list[Cell]:
+    """The cells seed by seed: a study stopped partway has every setting at the same seeds, so
+    its paired comparisons use all the runs that finished."""
+    rank = {seed: index for index, seed in enumerate(experiment.seeds)}
+    return sorted(todo, key=lambda cell: rank.get(cell.seed, len(rank)))
+
+
 def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool = False,
                    progress: bool = True, log: Callable[[str], None] = print) -> ExperimentResult:
     """Train, evaluate and report every cell of `experiment` under `root`, continuing earlier work.
@@ -134,15 +141,17 @@ def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool
     store_path = report_dir(experiment, root) / STORE_NAME
     result = ExperimentResult(experiment, store=store_path)
     worked: list[float] = []   # seconds of each cell that had training or evaluation to do
+    finished: dict[str, CellResult] = {}
     with ResultsStore(store_path) as store:
-        for index, cell in enumerate(todo, 1):
+        for index, cell in enumerate(run_order(experiment, todo), 1):
             position = (f"cell {index}/{len(todo)} {cell.name} ({index - 1} done, "
                         f"{len(todo) - index} left{time_left(worked, len(todo) - index + 1)})")
             needs_work = cell_status(experiment, cell, root) != "done"
             started = time.perf_counter()
-            result.cells.append(run_cell(experiment, cell, root, store, position, progress, log))
+            finished[cell.name] = run_cell(experiment, cell, root, store, position, progress, log)
             if needs_work:
                 worked.append(time.perf_counter() - started)
+        result.cells = [finished[cell.name] for cell in todo]
         result.report = write_report(experiment, result.cells, store, root)
     log(f"report: {result.report.get('md') or next(iter(result.report.values()))}")
     return result
