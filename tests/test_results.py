@@ -312,6 +312,47 @@ def test_two_processes_write_concurrently(tmp_path):
         assert shared_seconds[1:] == pytest.approx([4.0, 8.0, 12.0])
 
 
+class _Rows(list):
+    def fetchone(self):
+        return self[0] if self else None
+
+
+class _CreatedMidway:
+    """A connection on which another writer creates the store right after the second read."""
+
+    def __init__(self, db: sqlite3.Connection, path: Path):
+        self.db, self.path, self.reads = db, path, 0
+
+    @property
+    def in_transaction(self) -> bool:
+        return self.db.in_transaction
+
+    def execute(self, sql: str) -> _Rows:
+        rows = _Rows(self.db.execute(sql).fetchall())
+        if sql.startswith(("SELECT", "PRAGMA")):
+            self.reads += 1
+            if self.reads == 2:
+                ResultsStore(self.path).close()
+        return rows
+
+
+def test_a_store_being_created_is_never_seen_half_made(tmp_path):
+    from robeval.results.schema import ownership_problem
+
+    path = tmp_path / "new.sqlite"
+    with sqlite3.connect(path) as setup:
+        setup.execute("PRAGMA journal_mode = WAL")
+    reader = sqlite3.connect(path, isolation_level=None)
+    try:
+        watched = _CreatedMidway(reader, path)
+        assert ownership_problem(watched) is None and watched.reads == 3
+        assert ownership_problem(reader) is None          # and the finished store is robeval's
+    finally:
+        reader.close()
+    with ResultsStore(path) as store:
+        assert store.runs().empty
+
+
 def assert_one_line_error(path: Path, *fragments: str) -> None:
     with pytest.raises(RobevalError) as err:
         ResultsStore(path)

@@ -145,12 +145,11 @@ def ownership_problem(db: sqlite3.Connection) -> str | None:
 
     robeval writes to a store it created (marked with `APPLICATION_ID`), to a new or empty file,
     or to an unmarked store written by an earlier robeval (its user_version and exactly its
-    tables), never to another program's database. Only reads are made here.
+    tables), never to another program's database. Only reads are made here, in one read
+    transaction: a store that another process is creating is seen before its creation or after
+    it, never with its tables made and its version not yet set.
     """
-    application_id = db.execute("PRAGMA application_id").fetchone()[0]
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    tables = {name for (name,) in db.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+    application_id, version, tables = _identity(db)
     if application_id == APPLICATION_ID or (application_id == 0 and version == 0 and not tables):
         return None
     if application_id == 0 and 1 <= version <= len(_MIGRATIONS) and tables <= ROBEVAL_TABLES \
@@ -160,6 +159,22 @@ def ownership_problem(db: sqlite3.Connection) -> str | None:
         return f"is marked as another program's database (application_id {application_id:#x})"
     listed = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
     return f"is not a robeval store (it holds the tables {listed or 'none'}, user_version {version})"
+
+
+def _identity(db: sqlite3.Connection) -> tuple[int, int, set[str]]:
+    """The database's application_id, user_version and table names, read from one snapshot."""
+    own_transaction = not db.in_transaction
+    if own_transaction:
+        db.execute("BEGIN")
+    try:
+        tables = {name for (name,) in db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")}
+        application_id = db.execute("PRAGMA application_id").fetchone()[0]
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+    finally:
+        if own_transaction:
+            db.execute("COMMIT")
+    return application_id, version, tables
 
 
 def migrate(db: sqlite3.Connection, path: Path) -> None:
