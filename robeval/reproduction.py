@@ -56,12 +56,19 @@ def finished_cells(experiment: ex.Experiment, root: Path) -> tuple[list[ex.CellR
     return done, missing
 
 
-def _training_seconds(experiment: ex.Experiment, results: list[ex.CellResult], root: Path) -> float:
-    total = 0.0
+def _training_seconds(experiment: ex.Experiment, results: list[ex.CellResult],
+                      root: Path) -> tuple[float, int]:
+    """Seconds the cells' own trainings took, and how many cells reused another study's run
+    (whose seconds are counted there, not again here)."""
+    total, reused = 0.0, 0
     for result in results:
-        history = ex.run_dir(experiment, result.cell, root) / "history.jsonl"
+        folder = ex.run_dir(experiment, result.cell, root)
+        if ex.reused_from(folder):
+            reused += 1
+            continue
+        history = folder / "history.jsonl"
         total += sum(float(row.get("time", 0.0)) for row in read_jsonl(history)) if history.is_file() else 0.0
-    return total
+    return total, reused
 
 
 def _evaluation_seconds(results: list[ex.CellResult], store: ResultsStore) -> float:
@@ -116,7 +123,7 @@ def study_section(path: Path, root: Path, data_dir: str | None,
     results, missing = finished_cells(experiment, root)
     seeds = sorted({r.cell.seed for r in results})
     paper = experiment.paper or {}
-    seconds = _training_seconds(experiment, results, root)
+    seconds, reused = _training_seconds(experiment, results, root)
     verdicts, measured, evaluation = [], {}, 0.0
     if results:
         store_path = ex.report_dir(experiment, root) / ex.STORE_NAME
@@ -128,7 +135,9 @@ def study_section(path: Path, root: Path, data_dir: str | None,
              f"- **what differs**: {' '.join(str(paper.get('note', '')).split())}",
              f"- **cells finished**: {len(results)} of {len(results) + len(missing)} "
              f"(seeds {', '.join(map(str, seeds)) or 'none'}); training {seconds:.0f} s and "
-             f"evaluation {evaluation:.0f} s, summed over the finished runs (wall clock)"]
+             f"evaluation {evaluation:.0f} s, summed over the finished runs (wall clock)"
+             + (f"; {reused} of them reused the training of another study's identical run "
+                "(same settings, seed and data), counted there" if reused else "")]
     if missing:
         lines.append(f"- **missing** (no number shown for these): {'; '.join(missing)}")
     lines.append("")

@@ -227,6 +227,38 @@ def test_rerun_continues_only_what_is_missing(finished_run):
     assert [ex.cell_status(experiment, c, root) for c in found] == ["done", "done"]
 
 
+def test_a_study_sharing_a_finished_run_evaluates_it_instead_of_training(finished_run, monkeypatch):
+    from robeval.experiments import run as run_module
+
+    experiment, root, _, _ = finished_run
+    values = {**TINY, "name": "tiny-again", "paper": None, "attack": {**TINY["attack"], "n": 32},
+              "grid": {"model.activation": ["relu", "silu"]}}
+    again = ex.load_experiment(write(root, values, "tiny-again.yaml"))
+    relu, silu = ex.cells(again)
+    assert ex.trained_twin(again, relu, root) == ex.run_dir(experiment, relu, root)
+    assert ex.trained_twin(again, silu, root) is None       # no study trained SiLU
+    other_seed = ex.load_experiment(write(root, {**values, "seeds": [1]}, "tiny-seed.yaml"))
+    assert ex.trained_twin(other_seed, ex.cells(other_seed)[0], root) is None
+
+    trained, real_train = [], run_module.train
+    monkeypatch.setattr(run_module, "train", lambda config, out, **kwargs:
+                        trained.append(out) or real_train(config, out, **kwargs))
+    lines = []
+    result = ex.run_experiment(again, root, progress=False, log=lines.append)
+    copied, original = ex.run_dir(again, relu, root), ex.run_dir(experiment, relu, root)
+    assert trained == [ex.run_dir(again, silu, root)]
+    assert any(line.endswith("training reused from tiny/activation=relu,seed=0") for line in lines)
+    assert (copied / "best.pt").read_bytes() == (original / "best.pt").read_bytes()
+    assert ex.reused_from(copied) == "tiny/activation=relu,seed=0" and ex.reused_from(original) is None
+    assert [r.status for r in result.cells] == ["done", "done"]
+    with ResultsStore(root / "reports" / "tiny-again" / "robeval.sqlite") as store:
+        assert set(store.runs()["n"]) == {32}                 # evaluated under its own attack
+    from robeval import reproduction
+
+    section = reproduction.study_section(root / "tiny-again.yaml", root, None, root / "figures")[0]
+    assert "; 1 of them reused the training of another study's identical run" in section
+
+
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
     import robeval.train as train_module
     from robeval.experiments import run as run_module

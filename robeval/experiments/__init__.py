@@ -100,8 +100,10 @@ from robeval.experiments.run import (
     eval_config,
     evaluated_model,
     find_evaluation,
+    reused_from,
     run_cell,
     run_experiment,
+    trained_twin,
     training_finished,
 )
 from robeval.experiments.spec import (
@@ -131,6 +133,7 @@ __all__ = [
     "config_to_dict", "eval_config", "evaluated_model", "experiment_dirs", "find_evaluation",
     "find_experiment", "finding_rows", "grid_groups", "load_experiment", "measured_flags",
     "measurements", "metric_flags", "paper_metrics", "paper_section", "published_rows",
-    "published_values", "report_dir", "run_cell", "run_dir", "run_experiment", "safe_name",
-    "setting_key", "spec_label", "spec_setting", "study_tables", "training_finished", "write_report"
+    "published_values", "report_dir", "reused_from", "run_cell", "run_dir", "run_experiment",
+    "safe_name", "setting_key", "spec_label", "spec_setting", "study_tables", "trained_twin",
+    "training_finished", "write_report"
 ]

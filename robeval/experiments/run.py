@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +82,41 @@ def cell_status(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> s
 
 # --- running ------------------------------------------------------------------------------------
 
+def trained_twin(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> Path | None:
+    """Another study's finished run folder under `root` that trained exactly this cell's
+    configuration (every setting, the seed and the data folder), or None.
+
+    Training is deterministic on a CPU, so such a run is the model this cell would train; the
+    study that shares a baseline with another evaluates it under its own attacks instead of
+    training it again.
+    """
+    own = run_dir(experiment, cell, root)
+    for folder in sorted(Path(root, "checkpoints").glob(f"*/*seed={cell.seed}")):
+        if folder != own and (folder / FINISHED_MARKER).is_file() and holds_run_of(folder, cell.config):
+            return folder
+    return None
+
+
+def reused_from(folder: Path) -> str | None:
+    """The run folder whose training the run in `folder` reused (None: it trained itself)."""
+    marker = folder / FINISHED_MARKER
+    if not marker.is_file():
+        return None
+    return (yaml.safe_load(marker.read_text(encoding="utf-8")) or {}).get("trained_in")
+
+
+def _reuse_training(twin: Path, folder: Path, root: Path) -> None:
+    """Copy `twin`'s finished run into `folder` (which must not exist yet) in one rename, and
+    record where it was trained."""
+    staging = folder.with_name(f".{folder.name}.copy-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(twin, staging)
+    marker = yaml.safe_load((staging / FINISHED_MARKER).read_text(encoding="utf-8")) or {}
+    marker["trained_in"] = reused_from(twin) or twin.relative_to(Path(root, "checkpoints")).as_posix()
+    atomic_write_text(staging / FINISHED_MARKER, yaml.safe_dump(marker))
+    os.replace(staging, folder)
+
+
 def _train_cell(experiment: Experiment, cell: Cell, root: Path, progress: bool, log) -> None:
     folder = run_dir(experiment, cell, root)
     result = train(cell.config, folder, resume=(folder / "config.yaml").is_file(), progress=progress, log=log)
@@ -97,7 +134,11 @@ def run_cell(experiment: Experiment, cell: Cell, root: Path, store: ResultsStore
     """Train a cell unless its training finished, then evaluate it unless that finished."""
     folder = run_dir(experiment, cell, root)
     trained = training_finished(folder, cell.config)
-    if not trained:
+    twin = None if trained or (folder / "config.yaml").exists() else trained_twin(experiment, cell, root)
+    if twin is not None:
+        log(f"{position}: training reused from {twin.relative_to(Path(root, 'checkpoints'))}")
+        _reuse_training(twin, folder, root)
+    elif not trained:
         log(f"{position}: training")
         _train_cell(experiment, cell, root, progress, log)
     run_id, status = find_evaluation(experiment, cell, root, store)
