@@ -255,8 +255,9 @@ def test_a_study_sharing_a_finished_run_evaluates_it_instead_of_training(finishe
         assert set(store.runs()["n"]) == {32}                 # evaluated under its own attack
     from robeval import reproduction
 
-    section = reproduction.study_section(root / "tiny-again.yaml", root, None, root / "figures")[0]
-    assert "; 1 of them reused the training of another study's identical run" in section
+    section = reproduction.study_section(root / "tiny-again.yaml", root, None, root / "figures")
+    assert "; 1 of them reused the training of another study's identical run" in section.text
+    assert (section.finished, section.cells, section.reused) == (2, 2, 1)
 
 
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
