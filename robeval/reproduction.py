@@ -208,8 +208,9 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
             "below, or from the command above with `--run`, which runs every study's missing cells "
             "before writing this file; both continue where they stopped, so running again fills the "
             "missing cells and seeds.", "",
-            f"Runs finished (trained and evaluated): {finished} of {total}; each study lists the "
-            f"ones missing; {reused} of them reused the training of another study's identical run. "
+            f"Runs finished (trained and evaluated): {finished} of {total}, of which {reused} "
+            "reused the training of another study's identical run; each study lists the ones "
+            "missing. "
             f"Their training and evaluation took {spent / 3600:.1f} h summed (wall clock of each "
             "run, whatever else the machine was running; a reused training counted once).", "",
             f"Findings: {len(verdicts)}; " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
