@@ -202,16 +202,15 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
             "budget*). A cell whose settings, seed and data folder equal a finished run of another "
             "study reuses that run's training and is evaluated under its own study's attacks. "
             "docs/design.md (*Measured cost*) gives what the whole reproduction costs. Runs of an "
-            "earlier protocol share the cells' folder "
-            "names and must be removed before a study is run under this one.", "",
+            "earlier protocol share the cells' folder names and must be removed before a study is "
+            "run under this one.", "",
             "The runs come from `robeval run <study> --data-dir <cifar10-mini folder>` for each study "
             "below, or from the command above with `--run`, which runs every study's missing cells "
             "before writing this file; both continue where they stopped, so running again fills the "
             "missing cells and seeds.", "",
             f"Runs finished (trained and evaluated): {finished} of {total}, of which {reused} "
             "reused the training of another study's identical run; each study lists the ones "
-            "missing. "
-            f"Their training and evaluation took {spent / 3600:.1f} h summed (wall clock of each "
+            f"missing. Their training and evaluation took {spent / 3600:.1f} h summed (wall clock of each "
             "run, whatever else the machine was running; a reused training counted once).", "",
             f"Findings: {len(verdicts)}; " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
     text = "\n".join(head + sections).rstrip("\n") + "\n"

@@ -260,6 +260,17 @@ def test_a_study_sharing_a_finished_run_evaluates_it_instead_of_training(finishe
     assert (section.finished, section.cells, section.reused) == (2, 2, 1)
 
 
+@pytest.mark.parametrize("text", ["[a, list]", "{unclosed: [", "\xff\xfe"])
+def test_a_damaged_run_marker_is_a_one_line_error(tmp_path, text):
+    folder = tmp_path / "study" / "activation=relu,seed=0"
+    folder.mkdir(parents=True)
+    (folder / ex.FINISHED_MARKER).write_bytes(text.encode("latin-1"))
+    with pytest.raises(RobevalError) as info:
+        ex.reused_from(folder)
+    assert "\n" not in str(info.value) and ex.FINISHED_MARKER in str(info.value)
+    assert ex.reused_from(tmp_path) is None                 # no marker: trained itself
+
+
 def test_interrupted_training_resumes(tmp_path, monkeypatch):
     import robeval.train as train_module
     from robeval.experiments import run as run_module

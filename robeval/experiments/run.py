@@ -13,6 +13,7 @@ import yaml
 from robeval.attacks import ThreatModel, parse_suite
 from robeval.checkpoints import atomic_write_text, read_jsonl
 from robeval.device import resolve_device
+from robeval.errors import RobevalError
 from robeval.evaluate import EvalConfig, evaluate, resolve, run_key
 from robeval.experiments.grid import Cell, cells, report_dir, run_dir
 from robeval.experiments.report import cells_table, write_report
@@ -22,6 +23,7 @@ from robeval.sources import load_source
 from robeval.train import train
 from robeval.train.config import TrainConfig
 from robeval.train.loop import holds_run_of
+from robeval.yamlfile import read_yaml
 
 FINISHED_MARKER = "finished.json"
 STORE_NAME = "robeval.sqlite"
@@ -97,22 +99,31 @@ def trained_twin(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> 
     return None
 
 
-def reused_from(folder: Path) -> str | None:
-    """The run folder whose training the run in `folder` reused (None: it trained itself)."""
+def _finished_marker(folder: Path) -> dict:
+    """The run folder's finished marker ({} when there is none); an unreadable one is a one-line
+    error."""
     marker = folder / FINISHED_MARKER
     if not marker.is_file():
-        return None
-    return (yaml.safe_load(marker.read_text(encoding="utf-8")) or {}).get("trained_in")
+        return {}
+    values = read_yaml(marker, "run marker") or {}
+    if not isinstance(values, dict):
+        raise RobevalError(f"run marker {marker} is not a mapping: remove {folder} to train the "
+                           "run again")
+    return values
 
 
-def _reuse_training(twin: Path, folder: Path, root: Path) -> None:
-    """Copy `twin`'s finished run into `folder` (which must not exist yet) in one rename, and
-    record where it was trained."""
+def reused_from(folder: Path) -> str | None:
+    """The run folder whose training the run in `folder` reused (None: it trained itself)."""
+    return _finished_marker(folder).get("trained_in")
+
+
+def _reuse_training(twin: Path, folder: Path, origin: str) -> None:
+    """Copy `twin`'s finished run into `folder` (which must not exist yet) in one rename,
+    recording `origin`, the run folder that trained it."""
+    marker = {**_finished_marker(twin), "trained_in": origin}
     staging = folder.with_name(f".{folder.name}.copy-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(twin, staging)
-    marker = yaml.safe_load((staging / FINISHED_MARKER).read_text(encoding="utf-8")) or {}
-    marker["trained_in"] = reused_from(twin) or twin.relative_to(Path(root, "checkpoints")).as_posix()
     atomic_write_text(staging / FINISHED_MARKER, yaml.safe_dump(marker))
     os.replace(staging, folder)
 
@@ -136,8 +147,9 @@ def run_cell(experiment: Experiment, cell: Cell, root: Path, store: ResultsStore
     trained = training_finished(folder, cell.config)
     twin = None if trained or (folder / "config.yaml").exists() else trained_twin(experiment, cell, root)
     if twin is not None:
-        log(f"{position}: training reused from {twin.relative_to(Path(root, 'checkpoints'))}")
-        _reuse_training(twin, folder, root)
+        origin = reused_from(twin) or twin.relative_to(Path(root, "checkpoints")).as_posix()
+        log(f"{position}: training reused from {origin}")
+        _reuse_training(twin, folder, origin)
     elif not trained:
         log(f"{position}: training")
         _train_cell(experiment, cell, root, progress, log)
