@@ -399,3 +399,40 @@ def test_the_time_left_is_estimated_from_the_cells_that_had_work():
     assert time_left([], 5) == ""
     assert time_left([120.0, 240.0], 4) == ", about 12 min to go"
     assert time_left([10.0], 2) == ", under a minute to go"
+
+
+def test_reproduction_runs_studies_side_by_side_and_names_one_that_fails(tmp_path, capsys):
+    """--jobs 2: each study runs in its own process, its lines prefixed; a shared cell ends with
+    the same weights in both studies; a failing study is named and the others still finish."""
+    import torch
+
+    from robeval import reproduction
+
+    first = write(tmp_path, {**TINY, "name": "tiny-a"}, "tiny-a.yaml")
+    second = write(tmp_path, {**TINY, "name": "tiny-b", "grid": {"model.activation": ["relu"]}},
+                   "tiny-b.yaml")
+    broken = write(tmp_path, {**TINY, "name": "tiny-c",
+                              "base": {**TINY["base"], "data": {"dataset": "cifar10",
+                                                                "data_dir": str(tmp_path / "none")}}},
+                   "tiny-c.yaml")
+    root, out = tmp_path / "root", tmp_path / "reproduction.md"
+    code = reproduction.main([str(first), str(second), str(broken), "--run", "--jobs", "2",
+                              "--root", str(root), "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 2
+    assert re.search(r"error: tiny-c stopped before finishing", printed)
+    assert "[tiny-a] cell 1/2" in printed and "[tiny-b] cell 1/1" in printed
+    assert "study tiny-a: finished" in printed and "study tiny-b: finished" in printed
+    shared = [torch.load(root / "checkpoints" / name / "activation=relu,seed=0" / "best.pt",
+                         weights_only=True)["model"] for name in ("tiny-a", "tiny-b")]
+    assert all(torch.equal(value, shared[1][key]) for key, value in shared[0].items())
+    assert reproduction.main([str(first), str(second), "--root", str(root), "--out", str(out)]) == 0
+    assert "Runs finished (trained and evaluated): 3 of 3" in out.read_text()
+
+
+def test_reproduction_refuses_a_job_count_below_one(capsys):
+    from robeval import reproduction
+
+    with pytest.raises(SystemExit):
+        reproduction.main(["--run", "--jobs", "0"])
+    assert "--jobs" in capsys.readouterr().err

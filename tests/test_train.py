@@ -121,9 +121,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
     calls = {"n": 0}
     batches_per_epoch = 256 // 64
 
-    def diverging(*args):
+    def diverging(*args, **kwargs):
         calls["n"] += 1
-        output = real_method(*args)
+        output = real_method(*args, **kwargs)
         if calls["n"] > batches_per_epoch:  # the second epoch blows up
             output.loss = output.loss * float("nan")
         return output
@@ -271,8 +271,9 @@ def test_train_mode_logits_use_batch_statistics_and_leave_running_ones_alone():
         assert not torch.allclose(logits, model.eval()(images))   # not the running statistics
 
 
-def test_train_accuracies_are_measured_in_one_bn_mode_and_labelled(tmp_path):
+def test_train_accuracies_are_measured_in_one_bn_mode_and_labelled(tmp_path, monkeypatch):
     """On a real run, clean ≥ adversarial in training mode; the crafting pass is reported apart."""
+    monkeypatch.setattr(loop, "CLEAN_ACCURACY_EVERY", 1)   # both figures on the same batches
     config = tiny_config(epochs=2, adversary={"method": "fgsm"}, diagnostics_batch=0)
     history = quiet_train(config, tmp_path / "run").history
     for row in history:
@@ -286,6 +287,43 @@ def test_train_accuracies_are_measured_in_one_bn_mode_and_labelled(tmp_path):
                                diagnostics_batch=0)
     row = quiet_train(random_start, tmp_path / "rs").history[0]
     assert row["craft_clean_acc"] is None and row["train_clean_acc"] >= row["train_adv_acc"]
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+@pytest.mark.parametrize("bn_mode", ["eval", "train"])
+def test_measuring_clean_accuracy_on_a_sample_leaves_training_unchanged(tmp_path, monkeypatch,
+                                                                        bn_mode):
+    """The clean figure's extra pass leaves no trace: the weights are the same whether it runs on
+    every batch or on a sample; crafting in training mode gives it on every batch for free."""
+    config = tiny_config(epochs=2, adversary={"method": "pgd", "bn_mode": bn_mode},
+                         diagnostics_batch=0)
+    calls = {"n": 0}
+    real = loop.METHODS.get("pgd")
+
+    def counting(*args, measure_clean=True, **kwargs):
+        output = real(*args, measure_clean=measure_clean, **kwargs)
+        calls["n"] += output.clean_logits is not None
+        return output
+
+    monkeypatch.setitem(loop.METHODS._entries, "pgd", counting)
+    monkeypatch.setattr(loop, "CLEAN_ACCURACY_EVERY", 1)
+    every = quiet_train(config, tmp_path / "every").history
+    measured_every, calls["n"] = calls["n"], 0
+    monkeypatch.setattr(loop, "CLEAN_ACCURACY_EVERY", 3)
+    sampled = quiet_train(config, tmp_path / "sampled").history
+    before, after = _weights(tmp_path / "every" / "last.pt"), _weights(tmp_path / "sampled" / "last.pt")
+    assert all(torch.equal(value, after[key]) for key, value in before.items())
+    assert [row["train_adv_acc"] for row in every] == [row["train_adv_acc"] for row in sampled]
+    assert measured_every == 8   # 2 epochs of 256 / 64 batches
+    if bn_mode == "train":       # the crafting pass is the training-mode clean pass
+        assert calls["n"] == 8
+        assert [row["train_clean_acc"] for row in every] == [row["train_clean_acc"] for row in sampled]
+    else:                        # batches 0 and 3 of each epoch
+        assert calls["n"] == 4
+        assert all(0 <= row["train_clean_acc"] <= 1 for row in sampled)
 
 
 def test_perturb_stays_in_the_ball_and_leaves_parameter_gradients_alone():

@@ -7,7 +7,9 @@ their attacker phase; the loss is computed in training mode.
 
 The accuracy figures a method returns are measured in training mode (BatchNorm on batch
 statistics), clean and adversarial alike, so the two can be compared; the clean accuracy of
-the crafting pass, whose BatchNorm mode is the configured one, is returned apart.
+the crafting pass, whose BatchNorm mode is the configured one, is returned apart. A method asked
+not to `measure_clean` may skip a forward pass it would make only for the clean figure
+(returning None for it); one that gets the figure for free returns it anyway.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ class StepOutput:
 
 
 Criterion = Callable[[Tensor, Tensor], Tensor]  # (logits, labels) -> mean loss
-Method = Callable[[nn.Module, Tensor, Tensor, "AdversaryConfig", float, Criterion], StepOutput]
+# (model, images, labels, adversary, eps, criterion, measure_clean) -> StepOutput
+Method = Callable[..., StepOutput]
 METHODS: Registry[Method] = Registry("training method", ordered=True)
 
 
@@ -96,40 +99,46 @@ def step_size_for(adv: AdversaryConfig, steps: int) -> float | None:
 
 
 @METHODS.register("standard")
-def standard(model, images, labels, adv, eps, criterion) -> StepOutput:
+def standard(model, images, labels, adv, eps, criterion, measure_clean=True) -> StepOutput:
     """Clean training."""
     logits = model(images)
     return StepOutput(criterion(logits, labels), logits.detach(), None)
 
 
-def _adversarial(model, images, labels, adv, eps, criterion, steps: int) -> StepOutput:
+def _adversarial(model, images, labels, adv, eps, criterion, steps: int,
+                 measure_clean: bool) -> StepOutput:
     with crafting(model, adv.bn_mode) as attacker:
         step = step_size_for(adv, steps)
         if step is not None and adv.eps > 0:
             step *= eps / adv.eps  # follow the ε warm-up
         adv_images, first_logits = perturb(attacker, images, labels, eps, steps, step,
                                            adv.norm, adv.random_start)
-    # One extra forward without gradient: clean accuracy in the BatchNorm mode of the
-    # adversarial figure (the crafting pass may run BatchNorm on its running statistics).
-    # It comes first: restoring the running statistics afterwards would be an in-place change
-    # to tensors the training forward saves for backward.
-    clean = train_mode_logits(model, images)
+    craft = None if adv.random_start else first_logits.detach()
+    if craft is not None and adv.bn_mode == "train":
+        clean = craft   # the crafting pass already ran the clean batch in training mode
+    elif measure_clean:
+        # One extra forward without gradient: clean accuracy in the BatchNorm mode of the
+        # adversarial figure (the crafting pass may run BatchNorm on its running statistics).
+        # It comes first: restoring the running statistics afterwards would be an in-place
+        # change to tensors the training forward saves for backward.
+        clean = train_mode_logits(model, images)
+    else:
+        clean = None
     logits = model(adv_images)
     loss = criterion(logits, labels)
-    craft = None if adv.random_start else first_logits.detach()
     return StepOutput(loss, clean, logits.detach(), craft)
 
 
 @METHODS.register("fgsm")
-def fgsm(model, images, labels, adv, eps, criterion) -> StepOutput:
+def fgsm(model, images, labels, adv, eps, criterion, measure_clean=True) -> StepOutput:
     """FGSM training: one signed-gradient step (optionally from a random start)."""
-    return _adversarial(model, images, labels, adv, eps, criterion, steps=1)
+    return _adversarial(model, images, labels, adv, eps, criterion, 1, measure_clean)
 
 
 @METHODS.register("pgd")
-def pgd(model, images, labels, adv, eps, criterion) -> StepOutput:
+def pgd(model, images, labels, adv, eps, criterion, measure_clean=True) -> StepOutput:
     """PGD-K training (K = adv.steps; PGD-1 with step ε is the SAT recipe)."""
-    return _adversarial(model, images, labels, adv, eps, criterion, steps=adv.steps)
+    return _adversarial(model, images, labels, adv, eps, criterion, adv.steps, measure_clean)
 
 
 def _kl_to(clean_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
@@ -140,7 +149,7 @@ def _kl_to(clean_probs: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
 
 
 @METHODS.register("trades")
-def trades(model, images, labels, adv, eps, criterion) -> StepOutput:
+def trades(model, images, labels, adv, eps, criterion, measure_clean=True) -> StepOutput:
     """TRADES (Zhang et al.): CE(f(x)) + β·KL(f(x) ‖ f(x')), x' maximising the KL term."""
     with crafting(model, adv.bn_mode) as attacker:
         with torch.no_grad():
@@ -156,7 +165,7 @@ def trades(model, images, labels, adv, eps, criterion) -> StepOutput:
 
 
 @METHODS.register("igr")
-def igr(model, images, labels, adv, eps, criterion) -> StepOutput:
+def igr(model, images, labels, adv, eps, criterion, measure_clean=True) -> StepOutput:
     """Input-gradient regularisation: CE + λ·mean‖∇ₓ CE‖₁, λ = ε by default."""
     weight = eps if adv.igr_lambda is None else adv.igr_lambda
     images = images.clone().requires_grad_(True)
