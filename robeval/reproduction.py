@@ -18,11 +18,6 @@ CPU, use the number of cores).
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -30,6 +25,7 @@ import robeval
 from robeval import experiments as ex
 from robeval.checkpoints import atomic_write_text, read_jsonl
 from robeval.errors import RobevalError
+from robeval.experiments.parallel import run_in_parallel
 from robeval.findings import VERDICTS
 from robeval.results import ResultsStore
 
@@ -229,75 +225,15 @@ def run_studies(paths: list[Path], root: Path, data_dir: str | None, progress: b
                 jobs: int = 1) -> None:
     """Train and evaluate every study's missing cells under `root` (`robeval run` on each:
     finished cells are kept, an interrupted one resumes): one study after the other, or with
-    `jobs` > 1 that many studies at a time (see run_in_parallel)."""
+    `jobs` > 1 that many studies at a time (experiments.parallel)."""
     if jobs > 1:
-        run_in_parallel(paths, root, data_dir, jobs)
+        studies = [(ex.load_experiment(path, data_dir=data_dir), path) for path in paths]
+        run_in_parallel(studies, root, data_dir, jobs)
         return
     for index, path in enumerate(paths, 1):
         experiment = ex.load_experiment(path, data_dir=data_dir)
         print(f"study {index}/{len(paths)}: {experiment.name}", flush=True)
         ex.run_experiment(experiment, root, progress=progress, log=print)
-
-
-def study_weight(experiment: ex.Experiment) -> int:
-    """A study's size for scheduling: the epochs its cells may train, summed."""
-    return sum(cell.config.epochs for cell in ex.cells(experiment))
-
-
-def _echo_lines(name: str, stream) -> None:
-    for line in stream:
-        print(f"[{name}] {line}", end="", flush=True)
-
-
-def _start_study(path: Path, name: str, root: Path, data_dir: str | None):
-    command = [sys.executable, "-m", "robeval", "run", str(path), "--root", str(root), "--quiet"]
-    command += ["--data-dir", data_dir] if data_dir else []
-    # One thread per study: on a CPU, studies side by side use the cores better than one
-    # study's threads do (small convolutions scale poorly across threads).
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env)
-    echo = threading.Thread(target=_echo_lines, args=(name, process.stdout), daemon=True)
-    echo.start()
-    return process, echo
-
-
-def run_in_parallel(paths: list[Path], root: Path, data_dir: str | None, jobs: int) -> None:
-    """`robeval run` on every study, `jobs` at a time in child processes of one thread each,
-    the largest studies first; each output line is prefixed with its study's name.
-
-    A cell that another study shares (same settings, seed and data) reuses that study's
-    training when it finished first; two studies that reach the same cell at once both train
-    it, which costs time but not correctness. A study that fails leaves the others running;
-    the error names it, and running again continues where each stopped.
-    """
-    studies = [ex.load_experiment(path, data_dir=data_dir) for path in paths]
-    queue = sorted(zip(studies, paths, strict=True), key=lambda pair: study_weight(pair[0]),
-                   reverse=True)
-    running: dict[str, tuple] = {}
-    failed: list[str] = []
-    try:
-        while queue or running:
-            while queue and len(running) < jobs:
-                experiment, path = queue.pop(0)
-                print(f"study {experiment.name}: started ({len(queue)} waiting)", flush=True)
-                running[experiment.name] = _start_study(path, experiment.name, root, data_dir)
-            time.sleep(0.2)
-            for name, (process, echo) in list(running.items()):
-                if process.poll() is not None:
-                    echo.join()
-                    del running[name]
-                    print(f"study {name}: {'finished' if process.returncode == 0 else 'stopped'}",
-                          flush=True)
-                    if process.returncode != 0:
-                        failed.append(name)
-    finally:
-        for process, _ in running.values():
-            process.terminate()
-            process.wait()
-    if failed:
-        raise RobevalError(f"{', '.join(failed)} stopped before finishing (its lines above say "
-                           "why): fix that and run again to continue where it stopped")
 
 
 def main(argv: list[str] | None = None) -> int:

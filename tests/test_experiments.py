@@ -423,6 +423,7 @@ def test_reproduction_runs_studies_side_by_side_and_names_one_that_fails(tmp_pat
     assert re.search(r"error: tiny-c stopped before finishing", printed)
     assert "[tiny-a] cell 1/2" in printed and "[tiny-b] cell 1/1" in printed
     assert "study tiny-a: finished" in printed and "study tiny-b: finished" in printed
+    assert re.search(r"study tiny-c: stopped; overall: \d of 5 cells done", printed)
     shared = [torch.load(root / "checkpoints" / name / "activation=relu,seed=0" / "best.pt",
                          weights_only=True)["model"] for name in ("tiny-a", "tiny-b")]
     assert all(torch.equal(value, shared[1][key]) for key, value in shared[0].items())
@@ -436,3 +437,23 @@ def test_reproduction_refuses_a_job_count_below_one(capsys):
     with pytest.raises(SystemExit):
         reproduction.main(["--run", "--jobs", "0"])
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_overall_progress_reads_the_cell_lines_and_costs_waiting_studies_at_the_mean():
+    from robeval.experiments.parallel import Overall
+
+    overall = Overall({"a": 10, "b": 4, "c": 6}, jobs=2)
+    assert overall.line() == "0 of 20 cells done"
+    assert not overall.saw("a", "epoch 1/10  loss 2.3")
+    assert overall.saw("a", "cell 3/10 activation=relu,seed=1 (2 done, 7 left)\n")
+    assert overall.line() == "2 of 20 cells done"   # no cell timed yet: no estimate
+    # a: 8 cells left at 7 min / 8 = 52.5 s each; b: 3 left at 2 min / 3 = 40 s each
+    overall.saw("a", "cell 3/10 activation=relu,seed=1 (2 done, 7 left, about 7 min to go)")
+    overall.saw("b", "cell 2/4 x=1,seed=0 (1 done, 2 left, about 2 min to go)")
+    # waiting c: 6 cells at the mean 46.25 s; all over 2 jobs
+    expected = (8 * 52.5 + 3 * 40 + 6 * 46.25) / 2 / 3600
+    assert overall.line() == f"3 of 20 cells done, about {expected:.1f} h to go"
+    overall.finish("b", completed=True)
+    assert overall.line().startswith("6 of 20 cells done")
+    overall.finish("a", completed=False)   # stopped: its cells stay undone, none left to run
+    assert overall.line() == f"6 of 20 cells done, about {6 * 46.25 / 2 / 3600:.1f} h to go"
