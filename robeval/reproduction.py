@@ -266,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     except RobevalError as err:
         print(f"error: {err}")
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished cells are kept; run the same command again to continue")
+        return 130
     print(f"wrote {args.out}")
     return 0
 

@@ -457,3 +457,17 @@ def test_overall_progress_reads_the_cell_lines_and_costs_waiting_studies_at_the_
     assert overall.line().startswith("6 of 20 cells done")
     overall.finish("a", completed=False)   # stopped: its cells stay undone, none left to run
     assert overall.line() == f"6 of 20 cells done, about {6 * 46.25 / 2 / 3600:.1f} h to go"
+
+
+def test_an_interrupted_reproduction_says_how_to_continue(monkeypatch, tmp_path, capsys):
+    from robeval import reproduction
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduction, "run_studies", interrupted)
+    path = write(tmp_path, TINY)
+    assert reproduction.main([str(path), "--run", "--root", str(tmp_path), "--out",
+                              str(tmp_path / "r.md")]) == 130
+    assert "interrupted: finished cells are kept" in capsys.readouterr().out
+    assert not (tmp_path / "r.md").exists()
