@@ -77,8 +77,11 @@ def _echo_lines(name: str, stream, overall: Overall, lock: threading.Lock) -> No
     for line in stream:
         with lock:
             print(f"[{name}] {line}", end="", flush=True)
-            if overall.saw(name, line) and sum(overall.reached.values()) % 10 == 0:
-                print(f"overall: {overall.line()}", flush=True)
+            before = sum(overall.reached.values())
+            if overall.saw(name, line):
+                done = sum(overall.reached.values())
+                if done != before and done % 10 == 0:   # every tenth cell, once
+                    print(f"overall: {overall.line()}", flush=True)
 
 
 def _start_study(path: Path, name: str, root: Path, data_dir: str | None, overall: Overall,
