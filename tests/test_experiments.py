@@ -471,3 +471,15 @@ def test_an_interrupted_reproduction_says_how_to_continue(monkeypatch, tmp_path,
                               str(tmp_path / "r.md")]) == 130
     assert "interrupted: finished cells are kept" in capsys.readouterr().out
     assert not (tmp_path / "r.md").exists()
+
+
+def test_overall_progress_reads_the_positions_a_real_run_logs(finished_run):
+    """The overall line parses what run_experiment actually logs (the two must not drift apart)."""
+    from robeval.experiments.parallel import Overall
+
+    experiment, _, _, lines = finished_run
+    overall = Overall({experiment.name: len(ex.cells(experiment))}, jobs=1)
+    positions = [line for line in lines if overall.saw(experiment.name, line)]
+    assert [line.split(" (")[0] for line in positions if line.endswith(": training")] == [
+        "cell 1/2 activation=relu,seed=0", "cell 2/2 activation=gelu,seed=0"]
+    assert overall.reached[experiment.name] == 1   # the second cell's line: 1 done
