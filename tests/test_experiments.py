@@ -483,3 +483,42 @@ def test_overall_progress_reads_the_positions_a_real_run_logs(finished_run):
     assert [line.split(" (")[0] for line in positions if line.endswith(": training")] == [
         "cell 1/2 activation=relu,seed=0", "cell 2/2 activation=gelu,seed=0"]
     assert overall.reached[experiment.name] == 1   # the second cell's line: 1 done
+
+
+def test_a_terminated_side_by_side_run_stops_its_studies(tmp_path):
+    """SIGTERM to `reproduction --run --jobs 2` ends the studies' processes with it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    long = {**TINY, "base": {**TINY["base"], "epochs": 50}}
+    paths = [write(tmp_path, {**long, "name": n}, f"{n}.yaml") for n in ("long-a", "long-b")]
+    root = tmp_path / "root"
+    parent = subprocess.Popen([sys.executable, "-m", "robeval.reproduction", *map(str, paths),
+                               "--run", "--jobs", "2", "--root", str(root),
+                               "--out", str(tmp_path / "r.md")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in parent.stdout:      # wait until both studies are training
+        seen.append(line)
+        if sum(": training" in item for item in seen) >= 2:
+            break
+    parent.send_signal(signal.SIGTERM)
+    output = parent.communicate(timeout=60)[0]
+    assert parent.returncode == 130 and "interrupted: finished cells are kept" in output
+
+    def command_line(process: Path) -> bytes:
+        try:
+            return (process / "cmdline").read_bytes()
+        except OSError:   # ended while we looked
+            return b""
+
+    def children():
+        return [p for p in Path("/proc").iterdir()
+                if p.name.isdigit() and str(root).encode() in command_line(p)]
+
+    deadline = time.monotonic() + 10
+    while children() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not children()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -97,6 +98,10 @@ def _start_study(path: Path, name: str, root: Path, data_dir: str | None, overal
     return process, echo
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def run_in_parallel(studies: list[tuple[Experiment, Path]], root: Path, data_dir: str | None,
                     jobs: int) -> None:
     """`robeval run` on every (study, its file), `jobs` at a time, the largest first; each
@@ -113,6 +118,8 @@ def run_in_parallel(studies: list[tuple[Experiment, Path]], root: Path, data_dir
     lock = threading.Lock()
     running: dict[str, tuple] = {}
     failed: list[str] = []
+    # A terminated parent stops its studies too (else they run on until their output pipe breaks).
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         while queue or running:
             while queue and len(running) < jobs:
@@ -134,6 +141,7 @@ def run_in_parallel(studies: list[tuple[Experiment, Path]], root: Path, data_dir
                     print(f"study {name}: {'finished' if process.returncode == 0 else 'stopped'}; "
                           f"overall: {overall.line()}", flush=True)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for process, _ in running.values():
             process.terminate()
             process.wait()
