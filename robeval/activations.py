@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from robeval.activation_kernels import CELU, ELU, Softplus, smooth_relu, softplus
 from robeval.errors import RobevalError
 from robeval.registry import Registry
 from robeval.spec import format_spec, parse_spec
@@ -30,7 +31,7 @@ class ParametricSoftplus(nn.Module):
         self.alpha = float(alpha)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.softplus(x, beta=self.alpha)
+        return softplus(x, beta=self.alpha)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}"
@@ -51,9 +52,7 @@ class SmoothReLU(nn.Module):
         return self.log_alpha.exp()
 
     def forward(self, x: Tensor) -> Tensor:
-        alpha = self.alpha.to(x.dtype)
-        positive = x.clamp(min=0)
-        return positive - torch.log1p(alpha * positive) / alpha
+        return smooth_relu(x, self.alpha)
 
 
 class _SurrogateReLUFunction(torch.autograd.Function):
@@ -232,7 +231,7 @@ def _register(name, build, derivative, c1, defaults=None, formula="", aliases=()
 
 
 _register("relu", lambda: nn.ReLU(), lambda x: _step(x), False, formula="max(0, x)")
-_register("softplus", lambda: nn.Softplus(), lambda x: torch.sigmoid(x), True,
+_register("softplus", lambda: Softplus(), lambda x: torch.sigmoid(x), True,
           formula="log(1 + exp(x))")
 _register("parametric-softplus", lambda alpha: ParametricSoftplus(alpha),
           lambda x, alpha: torch.sigmoid(alpha * x), True, {"alpha": 10.0},
@@ -242,10 +241,10 @@ _register("silu", lambda: nn.SiLU(),
           formula="x · sigmoid(x)", aliases=("swish",))
 _register("gelu", lambda: nn.GELU(), lambda x: _normal_cdf(x) + x * _normal_pdf(x), True,
           formula="x · Φ(x)")
-_register("elu", lambda alpha: nn.ELU(alpha),
+_register("elu", lambda alpha: ELU(alpha),
           lambda x, alpha: torch.where(x > 0, torch.ones_like(x), alpha * torch.exp(x)),
           lambda alpha: alpha == 1.0, {"alpha": 1.0}, "x if x > 0 else α(exp(x) − 1)")
-_register("celu", lambda alpha: nn.CELU(alpha),
+_register("celu", lambda alpha: CELU(alpha),
           lambda x, alpha: torch.where(x > 0, torch.ones_like(x), torch.exp(x / alpha)),
           True, {"alpha": 1.0}, "x if x > 0 else α(exp(x/α) − 1)", positive=("alpha",))
 _register("smoothrelu", lambda alpha: SmoothReLU(alpha),

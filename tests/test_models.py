@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from robeval.activation_kernels import ELU
 from robeval.activations import ACTIVATIONS, ParametricSoftplus, SmoothReLU, SurrogateReLU
 from robeval.errors import RobevalError, UnknownNameError
 from robeval.models import (
@@ -84,7 +85,7 @@ def test_every_activation_module_has_the_requested_type(name):
 
 def test_activation_parameters_reach_every_module():
     acts = _activations(build_model("wrn-16-2", activation="elu(alpha=0.5)"))
-    assert acts and all(type(m) is nn.ELU and m.alpha == 0.5 for m in acts)
+    assert acts and all(type(m) is ELU and m.alpha == 0.5 for m in acts)
 
 
 @pytest.mark.parametrize("arch", ["preact-resnet18", "wrn-16-2"])
