@@ -218,10 +218,15 @@ def test_rerun_continues_only_what_is_missing(finished_run):
     with ResultsStore(root / "reports" / "tiny" / "robeval.sqlite") as store:
         store.delete_run(result.cells[1].run_id)
     assert [ex.cell_status(experiment, c, root) for c in found] == ["done", "trained"]
+    assert ex.cells_done(experiment, root) == 1
     lines = []
     again = ex.run_experiment(experiment, root, progress=False, log=lines.append)
     assert [p.stat().st_mtime_ns for p in last_pt] == stamps
     assert lines[0].endswith(": done") and lines[1].endswith(": evaluating")
+    # positions count the cells done before this run, not the cells before this one
+    assert lines[0].startswith(f"cell 1/2 {found[0].name} (1 done, 1 left)")
+    assert lines[1].startswith(f"cell 2/2 {found[1].name} (1 done, 0 left)")
+    assert ex.cells_done(experiment, root) == 2
     assert not any(line.endswith(": training") for line in lines)
     assert again.cells[1].clean == pytest.approx(result.cells[1].clean)
     assert [ex.cell_status(experiment, c, root) for c in found] == ["done", "done"]
@@ -429,6 +434,11 @@ def test_reproduction_runs_studies_side_by_side_and_names_one_that_fails(tmp_pat
     assert all(torch.equal(value, shared[1][key]) for key, value in shared[0].items())
     assert reproduction.main([str(first), str(second), "--root", str(root), "--out", str(out)]) == 0
     assert "Runs finished (trained and evaluated): 3 of 3" in out.read_text()
+    # run again: the overall count starts from the cells already done, before any study logs
+    capsys.readouterr()
+    assert reproduction.main([str(first), str(second), "--run", "--jobs", "2", "--root",
+                              str(root), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.startswith("overall: 3 of 3 cells done\n")
 
 
 def test_reproduction_refuses_a_job_count_below_one(capsys):

@@ -97,6 +97,7 @@ from robeval.experiments.run import (
     STATUSES,
     STORE_NAME,
     cell_status,
+    cells_done,
     eval_config,
     evaluated_model,
     find_evaluation,
@@ -129,7 +130,7 @@ from robeval.train.config import config_to_dict  # re-exported: where the tests 
 __all__ = [
     "CHECKPOINTS", "EVAL_FIELDS", "FINISHED_MARKER", "PAPER_KEYS", "REPORT_KEYS", "ROW_KEYS", "STATUSES",
     "STORE_NAME", "TOP_FIELDS", "TOP_KEYS", "Cell", "CellResult", "Experiment", "ExperimentResult",
-    "Measurements", "cell_status", "cells", "cells_table", "check_grid_key", "config_key",
+    "Measurements", "cell_status", "cells", "cells_done", "cells_table", "check_grid_key", "config_key",
     "config_to_dict", "eval_config", "evaluated_model", "experiment_dirs", "find_evaluation",
     "find_experiment", "finding_rows", "grid_groups", "load_experiment", "measured_flags",
     "measurements", "metric_flags", "paper_metrics", "paper_section", "published_rows",

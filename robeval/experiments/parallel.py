@@ -19,6 +19,7 @@ from pathlib import Path
 
 from robeval.errors import RobevalError
 from robeval.experiments.grid import cells
+from robeval.experiments.run import cells_done
 from robeval.experiments.spec import Experiment
 
 # The position `robeval run` logs before each cell (experiments.run.run_experiment).
@@ -114,7 +115,9 @@ def run_in_parallel(studies: list[tuple[Experiment, Path]], root: Path, data_dir
     the error names it, and running again continues where each stopped.
     """
     queue = sorted(studies, key=lambda pair: study_weight(pair[0]), reverse=True)
-    overall = Overall({e.name: len(cells(e)) for e, _ in studies}, jobs)
+    overall = Overall({e.name: len(cells(e)) for e, _ in studies}, jobs,
+                      reached={e.name: cells_done(e, root) for e, _ in studies})
+    print(f"overall: {overall.line()}", flush=True)
     lock = threading.Lock()
     running: dict[str, tuple] = {}
     failed: list[str] = []

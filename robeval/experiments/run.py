@@ -82,6 +82,11 @@ def cell_status(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> s
     return {"finished": "done", "running": "partial"}.get(status, "trained")
 
 
+def cells_done(experiment: Experiment, root: Path = Path(".")) -> int:
+    """How many of the study's cells are trained and evaluated under `root`."""
+    return sum(cell_status(experiment, cell, root) == "done" for cell in cells(experiment))
+
+
 # --- running ------------------------------------------------------------------------------------
 
 def trained_twin(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> Path | None:
@@ -195,15 +200,21 @@ def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool
     result = ExperimentResult(experiment, store=store_path)
     worked: list[float] = []   # seconds of each cell that had training or evaluation to do
     finished: dict[str, CellResult] = {}
+    order = run_order(experiment, todo)
+    # Cells done before this run count as done from the start, so a resumed study's position
+    # and time left speak of the cells that still have work, wherever they sit in the order.
+    waiting = {cell.name for cell in order if cell_status(experiment, cell, root) != "done"}
     with ResultsStore(store_path) as store:
-        for index, cell in enumerate(run_order(experiment, todo), 1):
-            position = (f"cell {index}/{len(todo)} {cell.name} ({index - 1} done, "
-                        f"{len(todo) - index} left{time_left(worked, len(todo) - index + 1)})")
-            needs_work = cell_status(experiment, cell, root) != "done"
+        for index, cell in enumerate(order, 1):
+            needs_work = cell.name in waiting
+            left = len(waiting) - needs_work
+            position = (f"cell {index}/{len(todo)} {cell.name} ({len(todo) - len(waiting)} done, "
+                        f"{left} left{time_left(worked, len(waiting))})")
             started = time.perf_counter()
             finished[cell.name] = run_cell(experiment, cell, root, store, position, progress, log)
             if needs_work:
                 worked.append(time.perf_counter() - started)
+                waiting.discard(cell.name)
         result.cells = [finished[cell.name] for cell in todo]
         result.report = write_report(experiment, result.cells, store, root)
     log(f"report: {result.report.get('md') or next(iter(result.report.values()))}")
