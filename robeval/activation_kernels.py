@@ -1,14 +1,15 @@
 """CPU forms of the activations that torch computes with a slow expm1 or log1p.
 
-On a CPU torch evaluates ELU, CELU and Softplus with expm1/log1p one element at a time: an
-ELU forward costs seven times a ReLU's and made ELU networks train at half ReLU's speed. The
-forms here compute the same functions with the vectorised exp and log (e.g. ELU as
-exp(min(x, 0)) − 1). They differ from torch's by at most about 1e-7 in absolute terms:
+On a CPU torch evaluates ELU, CELU and Softplus with expm1/log1p one element at a time: in an
+epoch of an ELU cnn-small the ELU forwards took half the time, five times all the forward
+convolutions, and the network trained at half a ReLU network's speed. The forms here compute
+the same functions with the vectorised exp and log (e.g. ELU as exp(min(x, 0)) − 1 +
+max(x, 0)). They differ from torch's by at most about 1e-7 in absolute terms:
 exp(x) − 1 keeps the absolute, not the relative, precision of expm1 near 0. The backward
 passes of ELU, CELU and Softplus are torch's own derivative kernels applied to the input, so
 the gradients equal torch's exactly, and are differentiable again: double backpropagation
-(input-gradient regularisation) works through them. On CUDA torch's fused
-kernels are faster and are used unchanged.
+(input-gradient regularisation) works through them. On CUDA torch's fused kernels are
+faster and are used unchanged.
 """
 
 from __future__ import annotations
