@@ -75,11 +75,9 @@ def _training_seconds(experiment: ex.Experiment, results: list[ex.CellResult],
 
 
 def _evaluation_seconds(results: list[ex.CellResult], store: ResultsStore) -> float:
-    """Wall-clock seconds of the finished cells' evaluations (start to finish of each run)."""
-    runs = store.runs().set_index("id")
-    ids = [r.run_id for r in results if r.run_id in runs.index]
-    spans = runs.loc[ids, "finished_at"] - runs.loc[ids, "started_at"]
-    return float(spans.dt.total_seconds().sum()) if ids else 0.0
+    """Wall-clock seconds the finished cells' evaluations worked (a stop not counted)."""
+    known = set(store.runs()["id"])
+    return sum(store.working_seconds(r.run_id) for r in results if r.run_id in known)
 
 
 def _figure(experiment: ex.Experiment, results: list[ex.CellResult], root: Path, out: Path) -> str:
@@ -213,7 +211,8 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
             f"Runs finished (trained and evaluated): {finished} of {total}, of which {reused} "
             "reused the training of another study's identical run; each study lists the ones "
             f"missing. Their training and evaluation took {spent / 3600:.1f} h summed (wall clock of each "
-            "run, whatever else the machine was running; a reused training counted once).", "",
+            "run, whatever else the machine was running, the time it lay stopped left out; a "
+            "reused training counted once).", "",
             f"Findings: {len(verdicts)}; " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
     text = "\n".join(head + sections).rstrip("\n") + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -440,3 +440,37 @@ def test_passes_are_summed_over_batches_and_divided_by_the_images(store):
     with pytest.raises(ValueError, match="passes"):
         store.write_batch(run_id, 0, *batch_rows(BATCHES[0], CASCADE), seconds={0: 1.0},
                           passes={1: Passes(1, 1)})
+
+
+def _clock(monkeypatch, *moments: str) -> None:
+    """Make the store stamp the given UTC times, in order (open, commits, finish)."""
+    from robeval.results import store as store_module
+
+    stamps = iter(f"2026-01-01T{moment}+00:00" for moment in moments)
+    monkeypatch.setattr(store_module, "_now", lambda: next(stamps))
+
+
+def test_working_seconds_of_an_evaluation_that_ran_through_equal_its_span(store, monkeypatch):
+    _clock(monkeypatch, "10:00:00", "10:00:04", "10:00:09", "10:00:12", "10:00:13")
+    run_id = toy_run(store, "independent")   # three batches, 3 s of attacks each
+    store.finish_run(run_id)
+    assert store.working_seconds(run_id) == 13.0
+
+
+def test_working_seconds_leave_out_the_time_an_evaluation_lay_stopped(store, monkeypatch):
+    # batch 1 is committed an hour after batch 0 (stopped, then resumed), the finish a day later
+    _clock(monkeypatch, "10:00:00", "10:00:04", "11:00:07", "11:00:10", "23:00:00")
+    run_id = toy_run(store, "independent")
+    assert store.working_seconds(run_id) == 4 + 3 + 3   # the stopped batch counts its attacks
+    store.finish_run(run_id)
+    assert store.working_seconds(run_id) == 4 + 3 + 3   # and a late finish counts nothing
+
+
+def test_reproduction_cost_leaves_out_a_stop(store, monkeypatch):
+    from robeval.experiments.spec import CellResult
+    from robeval.reproduction import _evaluation_seconds
+
+    _clock(monkeypatch, "10:00:00", "10:00:04", "11:00:07", "11:00:10", "11:00:11")
+    run_id = toy_run(store, "independent")
+    store.finish_run(run_id)
+    assert _evaluation_seconds([CellResult(None, "done", run_id)], store) == 4 + 3 + 3 + 1

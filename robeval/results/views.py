@@ -14,6 +14,10 @@ import pandas as pd
 from robeval.errors import RobevalError
 from robeval.results.records import AttackNotes, stored_json, wilson_interval
 
+# Seconds a batch may take beyond twice its measured attacks before its time counts as a stop
+# (loading the model and the clean pass of the first batch fit well inside it).
+STOP_SLACK = 60.0
+
 
 class StoreViews:
     """The pandas views of `ResultsStore` (see the module docstring for what they need)."""
@@ -134,6 +138,39 @@ class StoreViews:
         if record.attacks:
             rows.append(("worst case", int(frame["robust"].sum()), float(sum(seconds)), total))
         return _summary_frame(rows, len(frame), confidence)
+
+    def working_seconds(self, run_id: int) -> float:
+        """Wall-clock seconds the run's evaluation worked, not counting the time it lay stopped.
+
+        Each committed batch counts the time since the previous commit (the first batch, since
+        the run started), and the finished run the time from its last commit to its finish. A
+        stopped and resumed evaluation leaves a stretch of that time with nothing running, and
+        the store does not record when it resumed: a batch committed more than twice its attacks'
+        and corruptions' seconds plus `STOP_SLACK` after the one before straddled a stop, and
+        counts only those seconds (so its clean pass and bookkeeping are left out); a finish that
+        long after the last commit counts nothing.
+        """
+        self._require_run(run_id)
+        with self._read() as db:
+            started, finished = db.execute("SELECT started_at, finished_at FROM runs WHERE id = ?",
+                                           (run_id,)).fetchone()
+            batches = db.execute(
+                "SELECT b.committed_at, "
+                "(SELECT COALESCE(SUM(seconds), 0) FROM attack_seconds t "
+                " WHERE t.run_id = b.run_id AND t.batch_index = b.batch_index) + "
+                "(SELECT COALESCE(SUM(seconds), 0) FROM corruption_seconds c "
+                " WHERE c.run_id = b.run_id AND c.batch_index = b.batch_index) "
+                "FROM batches b WHERE b.run_id = ? ORDER BY b.committed_at, b.batch_index",
+                (run_id,)).fetchall()
+        moments = [(pd.Timestamp(committed), float(measured)) for committed, measured in batches]
+        if finished is not None:
+            moments.append((pd.Timestamp(finished), 0.0))
+        total, previous = 0.0, pd.Timestamp(started)
+        for moment, measured in moments:
+            between = max((moment - previous).total_seconds(), 0.0)
+            total += between if between <= 2 * measured + STOP_SLACK else measured
+            previous = moment
+        return total
 
     def _seconds(self, run_id: int, positions: int) -> list[float]:
         rows = self._db.execute(
