@@ -346,14 +346,20 @@ def report(run_ids, db, baseline, formats, out, ci, title, include_unfinished) -
               help="folder holding checkpoints/<name> and reports/<name>")
 @click.option("--dry-run", is_flag=True, help="list the cells and their status, do nothing")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def run(experiment_spec, data_dir, root, dry_run, quiet) -> None:
+@click.option("--records", default=None,
+              help="folder of reproduction records (docs/reproduction/records): the cells this "
+                   "study's record holds for its present protocol are not run again")
+def run(experiment_spec, data_dir, root, dry_run, quiet, records) -> None:
     """Train, evaluate and report EXPERIMENT (a YAML file or a name from experiments/)."""
-    from robeval.experiments import cells_table, load_experiment, run_experiment
+    from robeval.experiments import cells_table, load_experiment, recorded_cells, run_experiment
 
     experiment = load_experiment(experiment_spec, data_dir=data_dir)
     click.echo(f"experiment {experiment.name}: {experiment.description}")
+    recorded = recorded_cells(experiment, Path(records) if records else None)
+    if recorded:
+        click.echo(f"{len(recorded)} cells are in the record {records}: not run again")
     result = run_experiment(experiment, Path(root), dry_run=dry_run, progress=not quiet,
-                            log=click.echo)
+                            log=click.echo, recorded=recorded)
     if not dry_run:
         click.echo(cells_table(result.cells))
         for fmt, path in (result.report or {}).items():

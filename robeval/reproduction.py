@@ -4,15 +4,19 @@
 
 reads every `-mini` study file (or the studies named), finds each cell's finished training and
 evaluation under `--root` (checkpoints/<study>/<cell> and reports/<study>/robeval.sqlite, as
-`robeval run` writes them), and writes one Markdown file: per study, what differs from the
-paper, which cells and seeds are missing, the published rows beside ours and the findings
-with their verdicts (rule: robeval.findings). A cell whose training or evaluation has not
-finished contributes no number. Figures of per-epoch gradient diagnostics are written next to
-the file for studies whose runs record them. Nothing is trained or evaluated unless `--run` is
-given: then each study's missing cells are trained and evaluated first, as `robeval run` does
-(resumable cell by cell, with progress and the time left), so one command does the whole
-reproduction; `--jobs N` runs N studies at a time, each in its own one-thread process (on a
-CPU, use the number of cores).
+`robeval run` writes them), adds them to the study's record (docs/reproduction/records/<study>.jsonl,
+experiments.record: what the page needs of each finished cell, kept with the repository), and
+writes one Markdown file from the records: per study, what differs from the paper, which cells
+and seeds are missing, the published rows beside ours and the findings with their verdicts
+(rule: robeval.findings). A cell whose training or evaluation has not finished contributes no
+number; nor does a record entry of another protocol. Figures of per-epoch gradient diagnostics
+are written next to the file for studies whose runs record them. Nothing is trained or
+evaluated unless `--run` is given: then each study's missing cells (neither finished under
+`--root` nor in its record) are trained and evaluated first, as `robeval run` does (resumable
+cell by cell, with progress and the time left), so one command does the whole reproduction,
+and a reproduction stopped on one machine continues on another from the committed records;
+`--jobs N` runs N studies at a time, each in its own one-thread process (on a CPU, use the
+number of cores).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import NamedTuple
 
 import robeval
 from robeval import experiments as ex
-from robeval.checkpoints import atomic_write_text, read_jsonl
+from robeval.checkpoints import atomic_write_text
 from robeval.errors import RobevalError
 from robeval.experiments.parallel import run_in_parallel
 from robeval.findings import VERDICTS
@@ -59,35 +63,12 @@ def finished_cells(experiment: ex.Experiment, root: Path) -> tuple[list[ex.CellR
     return done, missing
 
 
-def _training_seconds(experiment: ex.Experiment, results: list[ex.CellResult],
-                      root: Path) -> tuple[float, int]:
-    """Seconds the cells' own trainings took, and how many cells reused another study's run
-    (whose seconds are counted there, not again here)."""
-    total, reused = 0.0, 0
-    for result in results:
-        folder = ex.run_dir(experiment, result.cell, root)
-        if ex.reused_from(folder):
-            reused += 1
-            continue
-        history = folder / "history.jsonl"
-        total += sum(float(row.get("time", 0.0)) for row in read_jsonl(history)) if history.is_file() else 0.0
-    return total, reused
-
-
-def _evaluation_seconds(results: list[ex.CellResult], store: ResultsStore) -> float:
-    """Wall-clock seconds the finished cells' evaluations worked (a stop not counted)."""
-    known = set(store.runs()["id"])
-    return sum(store.working_seconds(r.run_id) for r in results if r.run_id in known)
-
-
-def _figure(experiment: ex.Experiment, results: list[ex.CellResult], root: Path, out: Path) -> str:
+def _figure(experiment: ex.Experiment, entries: dict[str, ex.CellRecord], out: Path) -> str:
     """The per-epoch R(x, δ) and ‖∇ₓL‖₁ figure of the study's runs, if they record diagnostics."""
     from robeval.report import figures
 
-    histories = {}
-    for result in results:
-        rows = read_jsonl(ex.run_dir(experiment, result.cell, root) / "history.jsonl")
-        histories[result.cell.name] = (result.cell.config.model.activation, rows)
+    activations = {cell.name: cell.config.model.activation for cell in ex.cells(experiment)}
+    histories = {name: (activations[name], entry.history) for name, entry in entries.items()}
     try:
         figure = figures.gradient_quality_curves(histories)
     except RobevalError:
@@ -114,6 +95,22 @@ def _figure(experiment: ex.Experiment, results: list[ex.CellResult], root: Path,
     return "\n".join(lines)
 
 
+def update_record(experiment: ex.Experiment, root: Path,
+                  records: Path) -> tuple[dict[str, ex.CellRecord], int]:
+    """The study's record in `records` with the cells finished under `root` added (a local run
+    replaces the entry of the same cell), written back; and how many stale entries (another
+    protocol) it dropped."""
+    path = ex.record_path(experiment, records)
+    entries, stale = ex.read_record(experiment, path)
+    local, _ = finished_cells(experiment, root)
+    if local:
+        with ResultsStore(ex.report_dir(experiment, root) / ex.STORE_NAME) as store:
+            entries.update({r.cell.name: ex.cell_record(experiment, r, root, store) for r in local})
+    if entries or path.is_file():
+        ex.write_record(experiment, path, entries)
+    return entries, stale
+
+
 class StudySection(NamedTuple):
     """One study's part of the document and the counts the head sums."""
 
@@ -125,41 +122,47 @@ class StudySection(NamedTuple):
     reused: int     # finished cells that reused another study's training
 
 
-def study_section(path: Path, root: Path, data_dir: str | None, figures_dir: Path) -> StudySection:
+def study_section(path: Path, root: Path, data_dir: str | None, figures_dir: Path,
+                  records: Path | None = None) -> StudySection:
     """One study's Markdown, the verdicts of its findings, its finished and all cells, the seconds
-    its finished runs took and how many of them reused another study's training."""
+    its finished runs took and how many of them reused another study's training. The numbers
+    come from the study's record in `records` (default: `figures_dir`/records), first brought up
+    to date with the cells finished under `root`."""
     from robeval.report import tables
 
     experiment = ex.load_experiment(path, data_dir=data_dir)
-    results, missing = finished_cells(experiment, root)
-    seeds = sorted({r.cell.seed for r in results})
+    entries, stale = update_record(experiment, root, records or figures_dir / "records")
+    missing = [f"{cell.name} ({ex.cell_status(experiment, cell, root)})"
+               for cell in ex.cells(experiment) if cell.name not in entries]
+    seeds = sorted({entry.seed for entry in entries.values()})
     paper = experiment.paper or {}
-    seconds, reused = _training_seconds(experiment, results, root)
-    verdicts, measured, evaluation = [], {}, 0.0
-    if results:
-        store_path = ex.report_dir(experiment, root) / ex.STORE_NAME
-        with ResultsStore(store_path) as store:
-            measured = ex.measurements(results, store)
-            evaluation = _evaluation_seconds(results, store)
+    seconds = sum(entry.training_seconds for entry in entries.values())
+    evaluation = sum(entry.evaluation_seconds for entry in entries.values())
+    reused = sum(entry.reused_from is not None for entry in entries.values())
+    measured = ex.record_measurements(experiment, entries)
+    verdicts = []
     lines = [f"## {experiment.name}", "", experiment.description, "",
              f"- **source**: {' '.join(str(paper.get('source', 'not given')).split())}",
              f"- **what differs**: {' '.join(str(paper.get('note', '')).split())}",
-             f"- **cells finished**: {len(results)} of {len(results) + len(missing)} "
+             f"- **cells finished**: {len(entries)} of {len(entries) + len(missing)} "
              f"(seeds {', '.join(map(str, seeds)) or 'none'}); training {seconds:.0f} s and "
              f"evaluation {evaluation:.0f} s, summed over the finished runs (wall clock)"
              + (f"; {reused} of them reused the training of another study's identical run "
                 "(same settings, seed and data), counted there" if reused else "")]
     if missing:
         lines.append(f"- **missing** (no number shown for these): {'; '.join(missing)}")
+    if stale:
+        lines.append(f"- **dropped**: {stale} entries of the record ran under another protocol "
+                     "(settings or attacks since changed); their cells count as missing")
     lines.append("")
     for table in ex.study_tables(experiment, measured):
         lines += [f"### {table.title}", "", tables.to_markdown(table), "", f"*{table.notes}*", ""]
     if experiment.findings:
         verdicts = [row["measured"].verdict for row in ex.finding_rows(experiment, measured)]
-    figure = _figure(experiment, results, root, figures_dir) if results else ""
+    figure = _figure(experiment, entries, figures_dir) if entries else ""
     if figure:
         lines += ["### Gradient quality per epoch", "", figure, ""]
-    return StudySection("\n".join(lines), verdicts, len(results), len(results) + len(missing),
+    return StudySection("\n".join(lines), verdicts, len(entries), len(entries) + len(missing),
                         seconds + evaluation, reused)
 
 
@@ -172,7 +175,10 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
     spent, reused = sum(part.seconds for part in parts), sum(part.reused for part in parts)
     counts = {v: verdicts.count(v) for v in VERDICTS}
     head = ["# Reproduction at mini scale", "",
-            f"Generated by `{command}` from the results stores; do not edit by hand.", "",
+            f"Generated by `{command}` from the study records in {out.stem}/records/ (one line "
+            "per finished cell: its per-image flags, training history and seconds, tied to the "
+            "protocol it ran under; brought up to date from the results stores first); do not "
+            "edit by hand.", "",
             "Each `-mini` study trains small CNNs on cifar10-mini (the first 5085 CIFAR-10 training "
             "images, evaluated on the first test images) on a CPU, so the levels are far below the "
             "papers'; what can carry over is the direction of each finding and, roughly, its size. "
@@ -221,18 +227,20 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
 
 
 def run_studies(paths: list[Path], root: Path, data_dir: str | None, progress: bool = True,
-                jobs: int = 1) -> None:
+                jobs: int = 1, records: Path | None = None) -> None:
     """Train and evaluate every study's missing cells under `root` (`robeval run` on each:
-    finished cells are kept, an interrupted one resumes): one study after the other, or with
-    `jobs` > 1 that many studies at a time (experiments.parallel)."""
+    finished cells are kept, an interrupted one resumes, and the cells the study's record in
+    `records` holds are skipped): one study after the other, or with `jobs` > 1 that many
+    studies at a time (experiments.parallel)."""
     if jobs > 1:
         studies = [(ex.load_experiment(path, data_dir=data_dir), path) for path in paths]
-        run_in_parallel(studies, root, data_dir, jobs)
+        run_in_parallel(studies, root, data_dir, jobs, records)
         return
     for index, path in enumerate(paths, 1):
         experiment = ex.load_experiment(path, data_dir=data_dir)
         print(f"study {index}/{len(paths)}: {experiment.name}", flush=True)
-        ex.run_experiment(experiment, root, progress=progress, log=print)
+        ex.run_experiment(experiment, root, progress=progress, log=print,
+                          recorded=ex.recorded_cells(experiment, records))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -259,8 +267,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m robeval.reproduction " + " ".join(options + list(args.studies))
     try:
         if args.run:
+            out = Path(args.out)
             run_studies(paths, Path(args.root), args.data_dir, progress=not args.quiet,
-                        jobs=args.jobs)
+                        jobs=args.jobs, records=out.parent / out.stem / "records")
         build(paths, Path(args.root), args.data_dir, Path(args.out), command)
     except RobevalError as err:
         print(f"error: {err}")

@@ -464,13 +464,3 @@ def test_working_seconds_leave_out_the_time_an_evaluation_lay_stopped(store, mon
     assert store.working_seconds(run_id) == 4 + 3 + 3   # the stopped batch counts its attacks
     store.finish_run(run_id)
     assert store.working_seconds(run_id) == 4 + 3 + 3   # and a late finish counts nothing
-
-
-def test_reproduction_cost_leaves_out_a_stop(store, monkeypatch):
-    from robeval.experiments.spec import CellResult
-    from robeval.reproduction import _evaluation_seconds
-
-    _clock(monkeypatch, "10:00:00", "10:00:04", "11:00:07", "11:00:10", "11:00:11")
-    run_id = toy_run(store, "independent")
-    store.finish_run(run_id)
-    assert _evaluation_seconds([CellResult(None, "done", run_id)], store) == 4 + 3 + 3 + 1

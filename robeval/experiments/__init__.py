@@ -63,7 +63,9 @@ Layout (imports flow down this list; robeval.check uses the package, never the o
   `CellResult` and `ExperimentResult` dataclasses, the published numbers of its paper block;
 * `report`: `write_report`, the group and study tables, the per-image flags of a finished evaluation
   (`metric_flags`, `measurements`), the finding and published rows, the paper section and `cells_table`;
-* `run`: training and evaluating cells (`run_experiment`), their status and evaluation in the store.
+* `run`: training and evaluating cells (`run_experiment`), their status and evaluation in the store;
+* `record`: a study's reproduction record, the finished cells' flags, histories and seconds in one
+  file kept with the repository (`read_record`, `write_record`, `recorded_cells`).
 
 Everything is re-exported here: `from robeval import experiments as ex; ex.load_experiment(...)`.
 """
@@ -79,6 +81,15 @@ from robeval.experiments.grid import (
     setting_key,
     spec_label,
     spec_setting,
+)
+from robeval.experiments.record import (
+    CellRecord,
+    cell_record,
+    read_record,
+    record_measurements,
+    record_path,
+    recorded_cells,
+    write_record,
 )
 from robeval.experiments.report import (
     Measurements,
@@ -128,13 +139,14 @@ from robeval.experiments.spec import (
 from robeval.train.config import config_to_dict  # re-exported: where the tests have always found it
 
 __all__ = [
-    "CHECKPOINTS", "EVAL_FIELDS", "FINISHED_MARKER", "PAPER_KEYS", "REPORT_KEYS", "ROW_KEYS", "STATUSES",
-    "STORE_NAME", "TOP_FIELDS", "TOP_KEYS", "Cell", "CellResult", "Experiment", "ExperimentResult",
-    "Measurements", "cell_status", "cells", "cells_done", "cells_table", "check_grid_key", "config_key",
-    "config_to_dict", "eval_config", "evaluated_model", "experiment_dirs", "find_evaluation",
-    "find_experiment", "finding_rows", "grid_groups", "load_experiment", "measured_flags",
-    "measurements", "metric_flags", "paper_metrics", "paper_section", "published_rows",
-    "published_values", "report_dir", "reused_from", "run_cell", "run_dir", "run_experiment",
-    "safe_name", "setting_key", "spec_label", "spec_setting", "study_tables", "trained_twin",
-    "training_finished", "write_report"
+    "CHECKPOINTS", "Cell", "CellRecord", "CellResult", "EVAL_FIELDS", "Experiment", "ExperimentResult",
+    "FINISHED_MARKER", "Measurements", "PAPER_KEYS", "REPORT_KEYS", "ROW_KEYS", "STATUSES",
+    "STORE_NAME", "TOP_FIELDS", "TOP_KEYS", "cell_record", "cell_status", "cells", "cells_done",
+    "cells_table", "check_grid_key", "config_key", "config_to_dict", "eval_config", "evaluated_model",
+    "experiment_dirs", "find_evaluation", "find_experiment", "finding_rows", "grid_groups",
+    "load_experiment", "measured_flags", "measurements", "metric_flags", "paper_metrics",
+    "paper_section", "published_rows", "published_values", "read_record", "record_measurements",
+    "record_path", "recorded_cells", "report_dir", "reused_from", "run_cell", "run_dir",
+    "run_experiment", "safe_name", "setting_key", "spec_label", "spec_setting", "study_tables",
+    "trained_twin", "training_finished", "write_record", "write_report"
 ]

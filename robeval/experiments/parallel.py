@@ -19,6 +19,7 @@ from pathlib import Path
 
 from robeval.errors import RobevalError
 from robeval.experiments.grid import cells
+from robeval.experiments.record import recorded_cells
 from robeval.experiments.run import cells_done
 from robeval.experiments.spec import Experiment
 
@@ -86,10 +87,11 @@ def _echo_lines(name: str, stream, overall: Overall, lock: threading.Lock) -> No
                     print(f"overall: {overall.line()}", flush=True)
 
 
-def _start_study(path: Path, name: str, root: Path, data_dir: str | None, overall: Overall,
-                 lock: threading.Lock):
+def _start_study(path: Path, name: str, root: Path, data_dir: str | None, records: Path | None,
+                 overall: Overall, lock: threading.Lock):
     command = [sys.executable, "-m", "robeval", "run", str(path), "--root", str(root), "--quiet"]
     command += ["--data-dir", data_dir] if data_dir else []
+    command += ["--records", str(records)] if records else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True, env=env)
@@ -104,10 +106,11 @@ def _interrupt(signum, frame) -> None:
 
 
 def run_in_parallel(studies: list[tuple[Experiment, Path]], root: Path, data_dir: str | None,
-                    jobs: int) -> None:
+                    jobs: int, records: Path | None = None) -> None:
     """`robeval run` on every (study, its file), `jobs` at a time, the largest first; each
     output line is prefixed with its study's name, and an overall line gives the cells done
-    and the time left.
+    and the time left. With `records` (a folder of reproduction records), the cells a study's
+    record holds count as done and are not run.
 
     A cell that another study shares (same settings, seed and data) reuses that study's
     training when it finished first; two studies that reach the same cell at once both train
@@ -116,7 +119,8 @@ def run_in_parallel(studies: list[tuple[Experiment, Path]], root: Path, data_dir
     """
     queue = sorted(studies, key=lambda pair: study_weight(pair[0]), reverse=True)
     overall = Overall({e.name: len(cells(e)) for e, _ in studies}, jobs,
-                      reached={e.name: cells_done(e, root) for e, _ in studies})
+                      reached={e.name: cells_done(e, root, recorded_cells(e, records))
+                               for e, _ in studies})
     print(f"overall: {overall.line()}", flush=True)
     lock = threading.Lock()
     running: dict[str, tuple] = {}
@@ -130,7 +134,7 @@ def run_in_parallel(studies: list[tuple[Experiment, Path]], root: Path, data_dir
                 with lock:
                     print(f"study {experiment.name}: started ({len(queue)} waiting)", flush=True)
                 running[experiment.name] = _start_study(path, experiment.name, root, data_dir,
-                                                        overall, lock)
+                                                        records, overall, lock)
             time.sleep(0.2)
             for name, (process, echo) in list(running.items()):
                 if process.poll() is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import yaml
@@ -27,7 +27,7 @@ from robeval.yamlfile import read_yaml
 
 FINISHED_MARKER = "finished.json"
 STORE_NAME = "robeval.sqlite"
-STATUSES = ("done", "trained", "partial", "todo")
+STATUSES = ("done", "trained", "partial", "todo", "recorded")
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -82,9 +82,11 @@ def cell_status(experiment: Experiment, cell: Cell, root: Path = Path(".")) -> s
     return {"finished": "done", "running": "partial"}.get(status, "trained")
 
 
-def cells_done(experiment: Experiment, root: Path = Path(".")) -> int:
-    """How many of the study's cells are trained and evaluated under `root`."""
-    return sum(cell_status(experiment, cell, root) == "done" for cell in cells(experiment))
+def cells_done(experiment: Experiment, root: Path = Path("."), recorded: Collection[str] = ()) -> int:
+    """How many of the study's cells are trained and evaluated under `root` or named in
+    `recorded` (held by a reproduction record)."""
+    return sum(cell.name in recorded or cell_status(experiment, cell, root) == "done"
+               for cell in cells(experiment))
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -185,15 +187,19 @@ def run_order(experiment: Experiment, todo: list[Cell]) -> list[Cell]:
 
 
 def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool = False,
-                   progress: bool = True, log: Callable[[str], None] = print) -> ExperimentResult:
+                   progress: bool = True, log: Callable[[str], None] = print,
+                   recorded: Collection[str] = ()) -> ExperimentResult:
     """Train, evaluate and report every cell of `experiment` under `root`, continuing earlier work.
 
-    With `dry_run`, only the cells and their status are listed; nothing is written.
+    Cells named in `recorded` (held by a reproduction record, experiments.record) are neither
+    run nor reported here. With `dry_run`, only the cells and their status are listed; nothing
+    is written.
     """
     root = Path(root)
     todo = cells(experiment)
     if dry_run:
-        rows = [CellResult(cell, cell_status(experiment, cell, root)) for cell in todo]
+        rows = [CellResult(cell, "recorded" if cell.name in recorded else cell_status(experiment, cell, root))
+                for cell in todo]
         log(cells_table(rows))
         return ExperimentResult(experiment, rows)
     store_path = report_dir(experiment, root) / STORE_NAME
@@ -203,19 +209,28 @@ def run_experiment(experiment: Experiment, root: Path = Path("."), dry_run: bool
     order = run_order(experiment, todo)
     # Cells done before this run count as done from the start, so a resumed study's position
     # and time left speak of the cells that still have work, wherever they sit in the order.
-    waiting = {cell.name for cell in order if cell_status(experiment, cell, root) != "done"}
+    waiting = {cell.name for cell in order
+               if cell.name not in recorded and cell_status(experiment, cell, root) != "done"}
     with ResultsStore(store_path) as store:
         for index, cell in enumerate(order, 1):
             needs_work = cell.name in waiting
             left = len(waiting) - needs_work
             position = (f"cell {index}/{len(todo)} {cell.name} ({len(todo) - len(waiting)} done, "
                         f"{left} left{time_left(worked, len(waiting))})")
+            if cell.name in recorded:
+                log(f"{position}: in the record, not run")
+                finished[cell.name] = CellResult(cell, "recorded")
+                continue
             started = time.perf_counter()
             finished[cell.name] = run_cell(experiment, cell, root, store, position, progress, log)
             if needs_work:
                 worked.append(time.perf_counter() - started)
                 waiting.discard(cell.name)
         result.cells = [finished[cell.name] for cell in todo]
-        result.report = write_report(experiment, result.cells, store, root)
-    log(f"report: {result.report.get('md') or next(iter(result.report.values()))}")
+        ran = [r for r in result.cells if r.run_id is not None]
+        result.report = write_report(experiment, ran, store, root) if ran else {}
+    if result.report:
+        log(f"report: {result.report.get('md') or next(iter(result.report.values()))}")
+    else:
+        log("report: none written here (every cell is in the record)")
     return result
