@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from robeval.checkpoints import atomic_write_text, read_jsonl
 from robeval.errors import RobevalError
 from robeval.experiments.grid import Cell, cells, config_key, run_dir, setting_key
-from robeval.experiments.report import Measurements, metric_flags
+from robeval.experiments.report import Measurements, flag_series, metric_flags
 from robeval.experiments.run import reused_from
 from robeval.experiments.spec import CellResult, Experiment
 from robeval.results import ResultsStore
@@ -178,8 +177,6 @@ def record_measurements(experiment: Experiment, entries: dict[str, CellRecord]) 
     by_name = {cell.name: cell for cell in cells(experiment)}
     measured: Measurements = {}
     for entry in entries.values():
-        flags = {metric: pd.Series(values, index=entry.index, dtype=bool)
-                 for metric, values in entry.flags.items()}
-        flags["robust"] = flags["worst case"]
-        measured.setdefault(setting_key(by_name[entry.cell]), {})[entry.seed] = flags
+        measured.setdefault(setting_key(by_name[entry.cell]), {})[entry.seed] = flag_series(
+            entry.flags, entry.index)
     return measured

@@ -102,13 +102,16 @@ def metric_flags(store, run_id: int) -> dict[str, list[bool]]:
     return flags
 
 
+def flag_series(flags: dict[str, list[bool]], index) -> dict[str, Any]:
+    """`metric_flags` as boolean Series by test-image index, with 'robust' as the worst case."""
+    series = {metric: pd.Series(values, index=index, dtype=bool) for metric, values in flags.items()}
+    series["robust"] = series["worst case"]
+    return series
+
+
 def measured_flags(store: ResultsStore, run_id: int) -> dict[str, Any]:
     """Per-image 0/1 flags by test-image index: clean, each attack, 'worst case' (alias 'robust')."""
-    index = store.per_sample(run_id)["index"].to_numpy()
-    flags = {metric: pd.Series(values, index=index, dtype=bool)
-             for metric, values in metric_flags(store, run_id).items()}
-    flags["robust"] = flags["worst case"]
-    return flags
+    return flag_series(metric_flags(store, run_id), store.per_sample(run_id)["index"].to_numpy())
 
 
 def measurements(results: list[CellResult], store: ResultsStore) -> Measurements:
