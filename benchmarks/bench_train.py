@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from markdown import device_label, write_section  # noqa: E402
 
+from robeval.allocator import tune_cpu_allocator  # noqa: E402
 from robeval.data import load_data  # noqa: E402
 from robeval.device import resolve_device  # noqa: E402
 from robeval.train import resolve_config  # noqa: E402
@@ -80,6 +81,7 @@ def time_epoch(config, data, device) -> float:
 
 def main(argv=None) -> str:
     args = parse_args(argv)
+    tune_cpu_allocator()  # as the CLI does, so the epochs are the trainer's
     pairs = configs(args)
     device = resolve_device(args.device)
     data = load_data(pairs[0][1].data, device)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from robeval.allocator import tune_cpu_allocator
 from robeval.errors import PeerError, RobevalError, first_line
 from robeval.spec import parse_eps
 
@@ -148,6 +149,7 @@ def relaunch(nproc: int | None, hint: str) -> bool:
 @click.version_option(package_name="robeval")
 def cli() -> None:
     """robeval: train and evaluate adversarially robust image classifiers."""
+    tune_cpu_allocator()
 
 
 @cli.command()
