@@ -13,11 +13,10 @@ def tune_cpu_allocator() -> bool:
 
     A CPU training step frees and re-allocates the same activation-sized blocks every batch.
     By default glibc hands large freed blocks back (munmap, heap trimming), and the next batch
-    faults them in again, page by page and zeroed: 10-20% of a cnn-small epoch on one thread
-    (docs/design.md, Measured cost of the whole reproduction). Fixed thresholds keep them in
-    the heap. Only where memory comes from changes, so every number is bit-identical. Returns
-    whether glibc took the settings; elsewhere (macOS, Windows, musl) it does nothing and
-    returns False.
+    faults them in again, page by page and zeroed. Fixed thresholds keep them in the heap:
+    one-thread cnn-small training ran about 9% faster with bit-identical weights (docs/design.md,
+    "Where an epoch's time goes, and the allocator"). Returns whether glibc took the settings;
+    elsewhere (macOS, Windows, musl) it does nothing and returns False.
     """
     try:
         libc = ctypes.CDLL(None)
