@@ -8,6 +8,16 @@ import ctypes
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
+def glibc() -> ctypes.CDLL | None:
+    """The process's C library when it is glibc, else None (macOS, Windows, musl)."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError outside glibc
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def tune_cpu_allocator() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it to the kernel.
 
@@ -18,10 +28,8 @@ def tune_cpu_allocator() -> bool:
     "Where an epoch's time goes, and the allocator"). Returns whether glibc took the settings;
     elsewhere (macOS, Windows, musl) it does nothing and returns False.
     """
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # noqa: B018 - raises AttributeError outside glibc
-    except (OSError, AttributeError):
+    libc = glibc()
+    if libc is None:
         return False
     settings = [(_M_MMAP_THRESHOLD, 32 << 20),   # glibc's ceiling for this threshold on 64 bits
                 (_M_TRIM_THRESHOLD, 1 << 30),
