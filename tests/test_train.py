@@ -11,6 +11,7 @@ import yaml
 from robeval.activations import ATTACKER, OPTIMIZER, SurrogateReLU, gradient_phase
 from robeval.attacks.pgd import perturb
 from robeval.checkpoints import read_jsonl
+from robeval.data.batches import TensorSource
 from robeval.errors import RobevalError
 from robeval.models import build_model
 from robeval.runs import load_model
@@ -448,3 +449,45 @@ def test_stop_on_collapse_ends_the_run_and_keeps_the_best_checkpoint(tmp_path, m
     assert [row["collapse"] for row in result.history] == [False, False, True]
     assert result.stopped_early and result.best_epoch == 2
     assert torch.load(tmp_path / "run" / "best.pt", weights_only=True)["epoch"] == 2
+
+
+def _validation_case(norm: str):
+    """A random linear classifier and 48 images, half labelled as it predicts them, so that some
+    points are clean-correct and the attack breaks some of those but not all."""
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    images = torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        predicted = model(images.float() / 255).argmax(1)
+    labels = torch.where(torch.arange(48) % 2 == 0, predicted, (predicted + 1) % 10)
+    return model, TensorSource(images, labels), (0.5 if norm == "l2" else 2 / 255)
+
+
+def _validate_every_point(model, source, eps, steps, norm, batch_size, seed) -> dict:
+    """The validation rule written out plainly: attack every point, count the last iterate."""
+    torch.manual_seed(seed)
+    clean = robust = 0
+    for images, labels in source.batches(batch_size, seed):
+        with torch.no_grad():
+            clean_ok = model(images).argmax(1) == labels
+        adversarial, _ = perturb(model, images, labels, eps, steps, eps / 4, norm, random_start=True)
+        with torch.no_grad():
+            robust += int(((model(adversarial).argmax(1) == labels) & clean_ok).sum())
+        clean += int(clean_ok.sum())
+    return {"val_clean_acc": clean / len(source), "val_pgd_acc": robust / len(source)}
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_validation_attacks_only_clean_correct_points_and_equals_attacking_every_point(norm):
+    model, source, eps = _validation_case(norm)
+    expected = _validate_every_point(model, source, eps, 3, norm, 20, seed=11)
+    assert 0 < expected["val_pgd_acc"] < expected["val_clean_acc"] < 1
+    attacked = []
+    hook = model.register_forward_hook(
+        lambda module, inputs, output: attacked.append(len(inputs[0])) if torch.is_grad_enabled() else None)
+    measured = loop.validate(model, source, eps, 3, norm, 20, seed=11)
+    hook.remove()
+    assert measured == expected
+    clean_correct = expected["val_clean_acc"] * len(source)
+    assert sum(attacked) == 3 * round(clean_correct)   # three gradient passes per clean-correct point
+    assert model.training   # validation hands the model back in training mode

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from robeval.activations import OPTIMIZER, gradient_phase
 from robeval.attacks import ThreatModel, build_attack
 from robeval.attacks.pgd import perturb
+from robeval.attacks.steps import get_norm
 from robeval.checkpoints import (
     atomic_write_text,
     load_checkpoint,
@@ -303,7 +304,12 @@ def validate(model: nn.Module, source: BatchSource, eps: float, steps: int, norm
              batch_size: int, seed: int, world: World = SINGLE) -> dict:
     """Clean and PGD-K accuracy (step ε/4, random start) with the exact gradient, eval mode.
 
-    With several ranks each one attacks its part of every batch and the counts are summed.
+    A point counts as robust when it is classified correctly both clean and at the attack's
+    last iterate. Only the clean-correct points are attacked, since the others count as
+    broken whatever the attack does; the random starts are drawn for the whole batch first, so
+    every point starts where it would if all were attacked and the accuracies are those of
+    attacking every point. With several ranks each one attacks its part of every batch and the
+    counts are summed.
     """
     model.eval()
     torch.manual_seed(rank_seed(seed, world))
@@ -312,12 +318,14 @@ def validate(model: nn.Module, source: BatchSource, eps: float, steps: int, norm
     for images, labels in source.batches(batch_size, seed, shard=(world.rank, world.size)):
         with torch.no_grad():
             clean_ok = model(images).argmax(1) == labels
-        adv_images, _ = perturb(model, images, labels, eps, steps, eps / 4, norm,
-                                random_start=True)
-        with torch.no_grad():
-            robust_ok = (model(adv_images).argmax(1) == labels) & clean_ok
-        clean += int(clean_ok.sum())
-        robust += int(robust_ok.sum())
+        start = get_norm(norm).random_start(images.shape, eps, images)
+        attacked = clean_ok.nonzero().flatten()
+        if len(attacked):
+            adv_images, _ = perturb(model, images[attacked], labels[attacked], eps, steps, eps / 4,
+                                    norm, init=start[attacked])
+            with torch.no_grad():
+                robust += int((model(adv_images).argmax(1) == labels[attacked]).sum())
+        clean += len(attacked)
         total += len(labels)
     model.train()
     clean, robust, total = all_sum([clean, robust, total], world, device)
