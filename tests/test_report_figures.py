@@ -179,6 +179,49 @@ def test_gradient_norms_on_a_log_axis_read_as_plain_numbers_and_the_legend_fits(
     assert legend.x0 >= page.x0 - 1 and legend.x1 <= page.x1 + 1
 
 
+def test_a_setting_is_its_label_without_the_seed():
+    assert figures.setting_label("activation=relu,seed=3") == "activation=relu"
+    assert figures.setting_label("method=igr,seed=12,activation=gelu") == "method=igr,activation=gelu"
+    for alone in ("seed=3", "m1", "reseed=3,x=1", "activation=relu,seed=three"):
+        assert figures.setting_label(alone) == alone
+
+
+def test_the_seeds_of_a_setting_share_one_style_and_one_legend_entry():
+    runs = {f"activation={name},seed={seed}": (name, history(scale=seed + 1.0))
+            for name in ("relu", "gelu") for seed in range(17)}
+    runs["single,seed=0"] = ("silu", history())
+    for fig in (figures.training_curves(runs), figures.gradient_quality_curves(runs)):
+        FigureCanvasAgg(fig).draw()
+        assert all(len(ax.lines) == len(runs) for ax in fig.axes)     # every seed is still drawn
+        lines = fig.axes[0].lines
+        relu = {(to_hex(line.get_color()), str(line.get_linestyle())) for line in lines[:17]}
+        assert relu == {(figures.activation_color("relu"), "-")}
+        assert lines[0].get_linewidth() < lines[-1].get_linewidth()   # one of many is thinner
+        legend = fig.legends[0]
+        assert [t.get_text() for t in legend.get_texts()] == [
+            "activation=relu (17 seeds)", "activation=gelu (17 seeds)", "single,seed=0"]
+        box, page = legend.get_window_extent(), fig.bbox
+        assert box.y0 >= page.y0 - 1 and box.x1 <= page.x1 + 1
+
+
+def test_robust_vs_clean_marks_the_mean_of_a_settings_seeds():
+    models = pd.DataFrame([{"run_id": i, "label": f"activation={name},seed={seed}",
+                            "activation_name": name}
+                           for i, (name, seed) in enumerate([("relu", 0), ("relu", 1), ("relu", 2),
+                                                             ("gelu", 0)], 1)])
+    metrics = [{"run_id": i, "metric": metric, "accuracy": value, "ci_low": value - 0.01,
+                "ci_high": value + 0.01}
+               for i, clean, robust in ((1, 0.4, 0.2), (2, 0.5, 0.3), (3, 0.6, 0.1), (4, 0.45, 0.25))
+               for metric, value in (("clean", clean), ("worst case", robust))]
+    ax = figures.robust_vs_clean(ReportData(models.set_index("run_id", drop=False),
+                                            pd.DataFrame(metrics))).axes[0]
+    (seeds,) = [c for c in ax.collections if c.get_gid() == "models"]
+    (means,) = [c for c in ax.collections if c.get_gid() == "settings"]
+    assert len(seeds.get_offsets()) == 4
+    np.testing.assert_allclose(means.get_offsets(), [[50, 20]])
+    assert [t.get_text() for t in ax.texts] == ["activation=gelu,seed=0", "activation=relu (3 seeds)"]
+
+
 def test_robustness_vs_eps_shows_linf_radii_in_units_of_one_over_255():
     points = pd.DataFrame({"label": ["a", "a", "a", "b", "b"],
                            "activation_name": ["relu"] * 3 + ["gelu"] * 2,

@@ -92,7 +92,9 @@ def _figures(data: ReportData, store: ResultsStore) -> list[Section]:
             pass
     if "worst case" in set(data.metrics["metric"]):   # runs of corruptions alone have no worst case
         sections.append(Section("robust-vs-clean", "Robust (worst case over each suite) against clean "
-                                "accuracy, with 95% Wilson intervals.", figures.robust_vs_clean(data)))
+                                "accuracy, with 95% Wilson intervals; the seeds of a setting run with "
+                                "several are small dots and their mean the labelled marker.",
+                                figures.robust_vs_clean(data)))
     by_eps = data.models.groupby("label")["eps"].nunique()
     if (by_eps > 1).any():
         points = data.models[["label", "activation_name", "eps"]].join(

@@ -12,6 +12,7 @@ import colorsys
 import functools
 import hashlib
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -171,6 +172,46 @@ def _legend(fig: Figure, axes: Sequence[Axes], n: int, extra: Sequence = ()) -> 
     fig.legend(handles, labels, loc="outside lower center", ncols=max(1, min(n, 4, fits)))
 
 
+SEED_PART = re.compile(r"seed=\d+")
+SEED_LINE = {"linewidth": 0.8, "alpha": 0.6}   # one seed among several of a setting
+
+
+def setting_label(label: str) -> str:
+    """A run label without its seed part ('activation=relu,seed=3' → 'activation=relu'); a label
+    without one, or with nothing else, is returned as it is."""
+    parts = label.split(",")
+    kept = [part for part in parts if not SEED_PART.fullmatch(part.strip())]
+    return ",".join(kept) if kept and len(kept) < len(parts) else label
+
+
+def by_setting(labels: Sequence[str]) -> dict[str, list[str]]:
+    """Run labels grouped by setting (`setting_label`), settings and runs in the order given."""
+    groups: dict[str, list[str]] = {}
+    for label in labels:
+        groups.setdefault(setting_label(label), []).append(label)
+    return groups
+
+
+def _setting_styles(runs: dict[str, tuple[str | None, list[dict]]],
+                    colors: Mapping[str, str] | None) -> tuple[dict[str, list[str]], dict[str, dict]]:
+    """The runs grouped by setting, and per run its plot keywords and legend label: the seeds of
+    a setting share colour and line style (thinner when there are several), and only the first
+    of them is named in the legend, as the setting with its number of seeds."""
+    groups = by_setting(list(runs))
+    given = {setting: colors[members[0]] for setting, members in groups.items()
+             if colors and members[0] in colors}
+    shared = line_styles([(setting, runs[members[0]][0]) for setting, members in groups.items()],
+                         given)
+    styles = {}
+    for setting, members in groups.items():
+        several = len(members) > 1
+        for index, label in enumerate(members):
+            name = f"{setting} ({len(members)} seeds)" if several else label
+            styles[label] = {**shared[setting], **(SEED_LINE if several else {}),
+                             "label": name if index == 0 else "_nolegend_"}
+    return groups, styles
+
+
 def _values(rows: Sequence[dict], key: str, scale: float = 1.0) -> np.ndarray:
     """`key` of each row as floats (None and missing → NaN), times `scale`."""
     out = [row.get(key) for row in rows]
@@ -244,18 +285,19 @@ def training_curves(histories: Histories, colors: Mapping[str, str] | None = Non
     """Training loss, validation clean and validation PGD accuracy per epoch, one line per run.
 
     `histories` maps a run label to its history rows, or to (activation spec, rows) so that the
-    run is coloured by its activation; `colors` (label → colour) overrides either.
+    run is coloured by its activation; `colors` (label → colour) overrides either. Runs whose
+    labels differ only in `seed=N` share a style and one legend entry (`setting_label`).
     """
     runs = _runs(histories, "training_curves")
     fig, axes = _figure(3)
-    styles = line_styles([(label, spec) for label, (spec, _) in runs.items()], colors)
+    groups, styles = _setting_styles(runs, colors)
     panels = (("loss", 1.0, "training loss"), ("val_clean_acc", 100.0, "clean accuracy (val)"),
               ("val_pgd_acc", 100.0, "PGD accuracy (val)"))
     for ax, (key, scale, title) in zip(axes, panels, strict=True):
         for label, (_, rows) in runs.items():
-            ax.plot(_values(rows, "epoch"), _values(rows, key, scale), label=label, **styles[label])
+            ax.plot(_values(rows, "epoch"), _values(rows, key, scale), **styles[label])
         ax.set(xlabel="epoch", ylabel="loss" if key == "loss" else ACCURACY_LABEL, title=title)
-    _legend(fig, axes, len(runs))
+    _legend(fig, axes, len(groups))
     return fig
 
 
@@ -282,7 +324,8 @@ def gradient_quality_curves(histories: Histories, colors: Mapping[str, str] | No
     below them FGSM and PGD-10 accuracy on that batch where the histories record them.
 
     Epochs flagged as catastrophic overfitting (`collapse`) are marked with a cross. Runs
-    without diagnostics are left out; `statistic` is 'mean' or 'median'.
+    without diagnostics are left out; `statistic` is 'mean' or 'median'. Runs whose labels
+    differ only in `seed=N` share a style and one legend entry.
     """
     runs = {label: run for label, run in _runs(histories, "gradient_quality_curves").items()
             if _has_diagnostics(run[1])}
@@ -294,23 +337,23 @@ def gradient_quality_curves(histories: Histories, colors: Mapping[str, str] | No
     panels = [(f"diag_R_fgsm_{statistic}", 1.0, R_FGSM_LABEL, "linearisation error"),
               (f"diag_grad_l1_{statistic}", 1.0, GRAD_L1_LABEL, "input-gradient norm"), *accuracy]
     fig, axes = _figure(2, nrows=(len(panels) + 1) // 2)
-    styles = line_styles([(label, spec) for label, (spec, _) in runs.items()], colors)
+    groups, styles = _setting_styles(runs, colors)
     for ax in axes[len(panels):]:
         ax.remove()
     for ax, (key, scale, ylabel, title) in zip(axes, panels, strict=False):
         for label, (_, rows) in runs.items():
-            _plot_with_collapse(ax, rows, key, label, styles[label], scale)
+            _plot_with_collapse(ax, rows, key, styles[label], scale)
         ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     _log_if_positive(axes[1])
     collapsed = any(row.get("collapse") for _, rows in runs.values() for row in rows)
-    _legend(fig, axes, len(runs) + collapsed, [_collapse_marker()] if collapsed else [])
+    _legend(fig, axes, len(groups) + collapsed, [_collapse_marker()] if collapsed else [])
     return fig
 
 
-def _plot_with_collapse(ax: Axes, rows: Sequence[dict], key: str, label: str, style: dict,
+def _plot_with_collapse(ax: Axes, rows: Sequence[dict], key: str, style: dict,
                         scale: float = 1.0) -> None:
     epochs, values = _values(rows, "epoch"), _values(rows, key, scale)
-    ax.plot(epochs, values, label=label, **style)
+    ax.plot(epochs, values, **style)
     flagged = np.array([bool(row.get("collapse")) for row in rows])
     if flagged.any():
         ax.scatter(epochs[flagged], values[flagged], marker="X", s=36, color=style["color"],
@@ -389,22 +432,48 @@ def _errors(row: pd.Series) -> tuple[float, float]:
 
 @styled
 def robust_vs_clean(data: ReportData, metric: str = "worst case") -> Figure:
-    """Robust (`metric`) against clean accuracy (%) per model, coloured by activation, with CIs."""
+    """Robust (`metric`) against clean accuracy (%) per model, coloured by activation, with CIs.
+
+    A model alone in its setting is a labelled point with its 95% intervals; the seeds of a
+    setting run with several (labels differing only in `seed=N`) are small dots, and their mean
+    a labelled, outlined marker.
+    """
     points = robust_clean_points(data, metric)
+    points["setting"] = [setting_label(str(label)) for label in points["label"]]
+    sizes = points.groupby("setting", sort=False)["label"].transform("size")
     fig, (ax,) = _figure(1, width=WIDTH / 2 + 0.5, height=PANEL_HEIGHT + 0.7)
     colors = [activation_color(name) for name in points["activation_name"]]
-    for point, color in zip(points.itertuples(index=False), colors, strict=True):
+    for point, color, size in zip(points.itertuples(index=False), colors, sizes, strict=True):
+        if size > 1:
+            continue
         ax.errorbar(point.clean, point.robust, xerr=np.array(point.clean_err).reshape(2, 1),
                     yerr=np.array(point.robust_err).reshape(2, 1), fmt="none", ecolor=color,
                     elinewidth=0.8, alpha=0.7)
         ax.annotate(point.label, (point.clean, point.robust), xytext=(4, 3),
                     textcoords="offset points", fontsize=6.5)
-    ax.scatter(points["clean"], points["robust"], c=colors, s=24, zorder=3, gid="models")
+    ax.scatter(points["clean"], points["robust"], c=colors, s=np.where(sizes > 1, 8, 24),
+               alpha=np.where(sizes > 1, 0.5, 1.0), zorder=3, gid="models")
+    _setting_means(ax, points[sizes > 1])
     handles = [Line2D([], [], color=activation_color(n), marker="o", linestyle="none",
                       label=activation_name(n)) for n in dict.fromkeys(points["activation_name"])]
     ax.legend(handles=handles, title="activation", loc="best")
     ax.set(xlabel=f"clean {ACCURACY_LABEL}", ylabel=f"robust {ACCURACY_LABEL} ({metric})")
     return fig
+
+
+def _setting_means(ax: Axes, seeded: pd.DataFrame) -> None:
+    """The mean clean and robust accuracy of each setting's seeds, labelled with the setting."""
+    if seeded.empty:
+        return
+    means = seeded.groupby("setting", sort=False).agg(
+        clean=("clean", "mean"), robust=("robust", "mean"), seeds=("label", "size"),
+        activation_name=("activation_name", "first"))
+    for setting, row in means.iterrows():
+        ax.annotate(f"{setting} ({row.seeds} seeds)", (row.clean, row.robust), xytext=(5, 4),
+                    textcoords="offset points", fontsize=6.5)
+    ax.scatter(means["clean"], means["robust"], s=44, edgecolors="black", linewidths=0.8,
+               c=[activation_color(name) for name in means["activation_name"]], zorder=4,
+               gid="settings")
 
 
 @styled
