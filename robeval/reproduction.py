@@ -217,7 +217,9 @@ def build(paths: list[Path], root: Path, data_dir: str | None, out: Path, comman
             "reused the training of another study's identical run; each study lists the ones "
             f"missing. Their training and evaluation took {spent / 3600:.1f} h summed (wall clock of each "
             "run, whatever else the machine was running, the time it lay stopped left out; a "
-            "reused training counted once).", "",
+            "reused training counted once); two at a time (`--jobs 2`) on a 2-core machine they "
+            "take about half that elapsed (docs/design.md, *Cost of the rerun*, has the measured "
+            "figures).", "",
             f"Findings: {len(verdicts)}; " + ", ".join(f"{v}: {n}" for v, n in counts.items()) + ".", ""]
     text = "\n".join(head + sections).rstrip("\n") + "\n"
     out.parent.mkdir(parents=True, exist_ok=True)
