@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 import tempfile
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,10 +65,30 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(obj: dict[str, Any], path: Path) -> None:
-    """`torch.save` through an atomic write."""
+    """`torch.save` through an atomic write; equal contents give equal bytes (`interned`)."""
     buffer = io.BytesIO()
-    torch.save(obj, buffer)
+    torch.save(interned(obj), buffer)
     atomic_write_bytes(path, buffer.getvalue())
+
+
+def interned(value: Any) -> Any:
+    """`value` with every string in its dicts, lists and tuples interned.
+
+    Pickle writes a string once and refers back to it when the same object appears again, so
+    the bytes depend on which equal strings are one object: a training state rebuilt from a
+    loaded checkpoint (a resumed run) would otherwise hash differently from the uninterrupted
+    run's although every value is equal.
+    """
+    if isinstance(value, str):
+        return sys.intern(value)
+    if type(value) in (dict, OrderedDict):   # subclasses with other constructors stay as they are
+        copy = type(value)((interned(key), interned(item)) for key, item in value.items())
+        if hasattr(value, "_metadata"):   # a state_dict's module versions
+            copy._metadata = interned(value._metadata)
+        return copy
+    if type(value) in (list, tuple):
+        return type(value)(interned(item) for item in value)
+    return value
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -13,6 +13,7 @@ from robeval.attacks.pgd import perturb
 from robeval.checkpoints import read_jsonl
 from robeval.data.batches import TensorSource
 from robeval.errors import RobevalError
+from robeval.identity import file_sha256
 from robeval.models import build_model
 from robeval.runs import load_model
 from robeval.train import loop, resolve_config, train
@@ -98,6 +99,8 @@ def test_resume_after_interruption_equals_uninterrupted_run(tmp_path):
     rows = [read_jsonl(tmp_path / name / "history.jsonl") for name in ("straight", "resumed")]
     assert [r["val_pgd_acc"] for r in rows[0]] == [r["val_pgd_acc"] for r in rows[1]]
     assert [r["loss"] for r in rows[0]] == [r["loss"] for r in rows[1]]
+    for name in ("last.pt", "best.pt"):   # byte for byte, so a checkpoint hash names the weights
+        assert file_sha256(tmp_path / "straight" / name) == file_sha256(tmp_path / "resumed" / name)
 
 
 @pytest.mark.slow
