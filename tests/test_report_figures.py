@@ -213,13 +213,15 @@ def test_robust_vs_clean_marks_the_mean_of_a_settings_seeds():
                 "ci_high": value + 0.01}
                for i, clean, robust in ((1, 0.4, 0.2), (2, 0.5, 0.3), (3, 0.6, 0.1), (4, 0.45, 0.25))
                for metric, value in (("clean", clean), ("worst case", robust))]
-    ax = figures.robust_vs_clean(ReportData(models.set_index("run_id", drop=False),
-                                            pd.DataFrame(metrics))).axes[0]
+    fig = figures.robust_vs_clean(ReportData(models.set_index("run_id", drop=False),
+                                             pd.DataFrame(metrics)))
+    ax = fig.axes[0]
     (seeds,) = [c for c in ax.collections if c.get_gid() == "models"]
     (means,) = [c for c in ax.collections if c.get_gid() == "settings"]
     assert len(seeds.get_offsets()) == 4
     np.testing.assert_allclose(means.get_offsets(), [[50, 20]])
-    assert [t.get_text() for t in ax.texts] == ["activation=gelu,seed=0", "activation=relu (3 seeds)"]
+    assert [t.get_text() for t in ax.texts] == ["activation=gelu,seed=0"]   # the lone run
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["activation=relu (mean of 3 seeds)"]
 
 
 def test_robustness_vs_eps_shows_linf_radii_in_units_of_one_over_255():

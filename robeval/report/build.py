@@ -93,7 +93,7 @@ def _figures(data: ReportData, store: ResultsStore) -> list[Section]:
     if "worst case" in set(data.metrics["metric"]):   # runs of corruptions alone have no worst case
         sections.append(Section("robust-vs-clean", "Robust (worst case over each suite) against clean "
                                 "accuracy, with 95% Wilson intervals; the seeds of a setting run with "
-                                "several are small dots and their mean the labelled marker.",
+                                "several are small dots and their mean the outlined marker.",
                                 figures.robust_vs_clean(data)))
     by_eps = data.models.groupby("label")["eps"].nunique()
     if (by_eps > 1).any():

@@ -436,7 +436,7 @@ def robust_vs_clean(data: ReportData, metric: str = "worst case") -> Figure:
 
     A model alone in its setting is a labelled point with its 95% intervals; the seeds of a
     setting run with several (labels differing only in `seed=N`) are small dots, and their mean
-    a labelled, outlined marker.
+    an outlined marker of the setting's own shape, named in the legend below.
     """
     points = robust_clean_points(data, metric)
     points["setting"] = [setting_label(str(label)) for label in points["label"]]
@@ -453,27 +453,31 @@ def robust_vs_clean(data: ReportData, metric: str = "worst case") -> Figure:
                     textcoords="offset points", fontsize=6.5)
     ax.scatter(points["clean"], points["robust"], c=colors, s=np.where(sizes > 1, 8, 24),
                alpha=np.where(sizes > 1, 0.5, 1.0), zorder=3, gid="models")
-    _setting_means(ax, points[sizes > 1])
+    means = _setting_means(ax, points[sizes > 1])
     handles = [Line2D([], [], color=activation_color(n), marker="o", linestyle="none",
                       label=activation_name(n)) for n in dict.fromkeys(points["activation_name"])]
     ax.legend(handles=handles, title="activation", loc="best")
+    if means:
+        fig.legend(handles=means, loc="outside lower center")
+        fig.set_figheight(fig.get_figheight() + 0.2 * len(means))
     ax.set(xlabel=f"clean {ACCURACY_LABEL}", ylabel=f"robust {ACCURACY_LABEL} ({metric})")
     return fig
 
 
-def _setting_means(ax: Axes, seeded: pd.DataFrame) -> None:
-    """The mean clean and robust accuracy of each setting's seeds, labelled with the setting."""
-    if seeded.empty:
-        return
-    means = seeded.groupby("setting", sort=False).agg(
-        clean=("clean", "mean"), robust=("robust", "mean"), seeds=("label", "size"),
-        activation_name=("activation_name", "first"))
-    for setting, row in means.iterrows():
-        ax.annotate(f"{setting} ({row.seeds} seeds)", (row.clean, row.robust), xytext=(5, 4),
-                    textcoords="offset points", fontsize=6.5)
-    ax.scatter(means["clean"], means["robust"], s=44, edgecolors="black", linewidths=0.8,
-               c=[activation_color(name) for name in means["activation_name"]], zorder=4,
-               gid="settings")
+MEAN_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+def _setting_means(ax: Axes, seeded: pd.DataFrame) -> list[Line2D]:
+    """The mean clean and robust accuracy of each setting's seeds, one outlined marker shape per
+    setting; returns their legend entries (settings that share an activation share a colour)."""
+    handles = []
+    for index, (setting, group) in enumerate(seeded.groupby("setting", sort=False)):
+        color, marker = activation_color(group["activation_name"].iloc[0]), MEAN_MARKERS[index % 8]
+        ax.scatter([group["clean"].mean()], [group["robust"].mean()], s=44, marker=marker, c=[color],
+                   edgecolors="black", linewidths=0.8, zorder=4, gid="settings")
+        handles.append(Line2D([], [], color=color, marker=marker, markeredgecolor="black",
+                              linestyle="none", label=f"{setting} (mean of {len(group)} seeds)"))
+    return handles
 
 
 @styled
