@@ -472,7 +472,8 @@ def _setting_means(ax: Axes, seeded: pd.DataFrame) -> list[Line2D]:
     setting; returns their legend entries (settings that share an activation share a colour)."""
     handles = []
     for index, (setting, group) in enumerate(seeded.groupby("setting", sort=False)):
-        color, marker = activation_color(group["activation_name"].iloc[0]), MEAN_MARKERS[index % 8]
+        color = activation_color(group["activation_name"].iloc[0])
+        marker = MEAN_MARKERS[index % len(MEAN_MARKERS)]
         ax.scatter([group["clean"].mean()], [group["robust"].mean()], s=44, marker=marker, c=[color],
                    edgecolors="black", linewidths=0.8, zorder=4, gid="settings")
         handles.append(Line2D([], [], color=color, marker=marker, markeredgecolor="black",
